@@ -1,0 +1,147 @@
+//! The security event: one decision, in the shape the audit log stores and
+//! the live panel shows (DESIGN.md, "Security events").
+//!
+//! The schema is versioned (`v`) and serialized canonically by the log, so
+//! the hash of an event never depends on field order or on whitespace.
+//! Optional fields that are absent are omitted, never `null`.
+
+use serde::{Deserialize, Serialize};
+
+/// Current event schema version.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// What came of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Denied,
+    Pending,
+    Error,
+}
+
+/// One security event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Schema version, [`EVENT_SCHEMA_VERSION`] for events written by this build.
+    pub v: u32,
+    /// Event type, e.g. `svid.issued`, `token_exchange.denied`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Unix time in milliseconds; set by the log at append when zero.
+    pub time: i64,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The agent or workload, as a SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rar_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rar_summary: Option<String>,
+    /// Policy id and reason on denials; the error on failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_in: Option<i64>,
+    /// Correlation id shared by every event of one tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// Type-specific details (selectors, serial numbers, key ids...). Never secrets.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+// === impl Event ===
+
+impl Event {
+    /// A new event of `kind` with `outcome`, time filled at append.
+    pub fn new(kind: impl Into<String>, outcome: Outcome) -> Self {
+        Self {
+            v: EVENT_SCHEMA_VERSION,
+            kind: kind.into(),
+            time: 0,
+            outcome,
+            user: None,
+            agent: None,
+            session: None,
+            tool: None,
+            tier: None,
+            rar_type: None,
+            rar_summary: None,
+            reason: None,
+            duration_ms: None,
+            token_expires_in: None,
+            correlation_id: None,
+            detail: serde_json::Map::new(),
+        }
+    }
+
+    pub fn agent(mut self, agent: impl Into<String>) -> Self {
+        self.agent = Some(agent.into());
+        self
+    }
+
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Adds one detail field.
+    pub fn detail(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.detail.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// Where components send their events. `record` returns only once the event
+/// is durably stored: callers report success to their own callers after it.
+#[async_trait::async_trait]
+pub trait EventSink: Send + Sync + std::fmt::Debug {
+    /// Stores `event` durably and returns its log index.
+    async fn record(&self, event: Event) -> Result<u64, SinkError>;
+}
+
+/// The sink could not store an event; the action it describes must fail.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log unavailable: {0}")]
+pub struct SinkError(pub String);
+
+/// A sink that keeps events in memory, for tests of other crates.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl MemorySink {
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSink for MemorySink {
+    async fn record(&self, event: Event) -> Result<u64, SinkError> {
+        let mut events = self
+            .events
+            .lock()
+            .map_err(|_| SinkError("memory sink poisoned".into()))?;
+        events.push(event);
+        Ok(events.len() as u64 - 1)
+    }
+}
