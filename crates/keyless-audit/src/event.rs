@@ -102,9 +102,42 @@ impl Event {
         self
     }
 
+    pub fn session(mut self, session: impl Into<String>) -> Self {
+        self.session = Some(session.into());
+        self
+    }
+
+    pub fn tool(mut self, tool: impl Into<String>) -> Self {
+        self.tool = Some(tool.into());
+        self
+    }
+
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
     /// Adds one detail field.
     pub fn detail(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
         self.detail.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The canonical JSON of this event (see [`crate::canonical`]): the
+    /// bytes whose leaf hash goes into the log.
+    pub fn canonical_json(&self) -> Result<String, serde_json::Error> {
+        crate::canonical::to_canonical_json(self)
+    }
+
+    /// Parses an event stored by the log.
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// Drops what canonical JSON cannot represent faithfully: a non-finite
+    /// `duration_ms` would serialize as `null` and not read back the same.
+    pub(crate) fn normalized(mut self) -> Self {
+        self.duration_ms = self.duration_ms.filter(|d| d.is_finite());
         self
     }
 }

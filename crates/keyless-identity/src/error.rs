@@ -12,6 +12,8 @@ pub enum IdentityError {
     Selector { input: String, reason: &'static str },
     #[error("invalid registration entry: {0}")]
     InvalidEntry(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("registration entry `{0}` not found")]
     NotFound(String),
     #[error("trust domain mismatch: the store belongs to `{stored}`, configured `{configured}`")]
@@ -24,6 +26,8 @@ pub enum IdentityError {
     NoAuthority(&'static str),
     #[error("certificate error: {0}")]
     Certificate(String),
+    #[error("stored identity data is corrupt: {0}")]
+    Corrupt(String),
     #[error("crypto error: {0}")]
     Crypto(String),
     #[error(transparent)]

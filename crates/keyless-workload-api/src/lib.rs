@@ -1,4 +1,31 @@
-//! placeholder
+//! The SPIFFE Workload API for Keyless: gRPC over a Unix socket, with caller
+//! attestation from the socket peer and streaming rotation.
+//!
+//! A workload connects to the (world-connectable) socket and asks for its
+//! SVIDs. It never presents a credential: the kernel says which process is
+//! calling (uid, gid, pid), [`attest`] turns that into selectors (uid, gid,
+//! binary path, binary sha256), and the registration entries of
+//! `keyless-identity` whose selectors it all has decide which SPIFFE IDs it
+//! gets. X509-SVIDs and bundles are streamed and re-sent before expiry and on
+//! every change, so a workload never holds a long-lived secret.
+//!
+//! Layout: [`attest`] (domain: `/proc` → selectors), `workload` (domain:
+//! entries, minting, audit events), `grpc` (the only module that knows
+//! tonic), [`proto`] (generated from `proto/workload.proto`, client and
+//! server, public so the binary's `keyless svid fetch` can use the client).
+
+pub mod attest;
+mod error;
+mod grpc;
+mod workload;
+
+/// Generated Workload API messages, client and server. The proto has no
+/// package (method paths are `/SpiffeWorkloadAPI/<Rpc>`), hence `_`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod proto {
     tonic::include_proto!("_");
 }
+
+pub use attest::{AttestError, Attestation, Attestor, PeerCredentials};
+pub use error::WorkloadApiError;
+pub use grpc::{SECURITY_HEADER, WorkloadApi};

@@ -1,0 +1,173 @@
+//! Command-line surface (DESIGN.md "Interface contract": names are stable).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config;
+
+#[derive(Debug, Parser)]
+#[command(name = "keyless", version, about = "Keyless: a zero-trust, secretless identity fabric for AI agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where a command finds the running fabric.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArg {
+    /// Data directory of the fabric (holds admin.sock, workload.sock, keyless.db, keys/).
+    #[arg(long, env = config::ENV_DATA_DIR, default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole fabric in one process with embedded defaults.
+    Up(UpArgs),
+    /// Manage registration entries (who gets which SPIFFE ID).
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Workload API client.
+    #[command(subcommand)]
+    Svid(SvidCommand),
+    /// Trust-domain CA operations.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Address of the HTTP listener.
+    #[arg(long, env = config::ENV_LISTEN, default_value = config::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// SPIFFE trust domain (fixed at first start; later starts must agree).
+    #[arg(long, env = config::ENV_TRUST_DOMAIN)]
+    pub trust_domain: Option<String>,
+    /// PostgreSQL URL; without it the embedded SQLite in the data dir is used.
+    #[arg(long, env = config::ENV_DATABASE_URL)]
+    pub database_url: Option<String>,
+    /// Base URL under which clients reach the HTTP listener (default: http://LISTEN).
+    #[arg(long, env = config::ENV_PUBLIC_URL)]
+    pub public_url: Option<String>,
+    /// Configuration file (TOML); flags and KEYLESS_* variables override it.
+    #[arg(long, env = config::ENV_CONFIG)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EntryCommand {
+    /// Register a workload: callers matching all selectors get the SPIFFE ID.
+    Create(EntryCreateArgs),
+    /// List registration entries.
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a registration entry by id.
+    Delete {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EntryCreateArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// spiffe://TRUST-DOMAIN/PATH
+    #[arg(long)]
+    pub spiffe_id: String,
+    /// TYPE:KEY:VALUE, e.g. unix:uid:1000, unix:path:/usr/bin/agent, unix:sha256:HEX (repeatable; all must match).
+    #[arg(long = "selector", required = true, num_args = 1..)]
+    pub selectors: Vec<String>,
+    /// Parent SPIFFE ID (defaults to the trust domain's node).
+    #[arg(long)]
+    pub parent_id: Option<String>,
+    /// X509-SVID lifetime, e.g. 1h, 10s.
+    #[arg(long)]
+    pub x509_ttl: Option<String>,
+    /// JWT-SVID lifetime, e.g. 5m.
+    #[arg(long)]
+    pub jwt_ttl: Option<String>,
+    /// Hint passed to workloads with several identities.
+    #[arg(long, default_value = "")]
+    pub hint: String,
+    /// Mark the identity as an administrator.
+    #[arg(long)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SvidCommand {
+    /// Fetch an X509-SVID (written to --out) or, with --audience, a JWT-SVID (printed).
+    Fetch(SvidFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SvidFetchArgs {
+    /// Workload API address (unix:///path); default $SPIFFE_ENDPOINT_SOCKET, then DATA_DIR/workload.sock.
+    #[arg(long)]
+    pub socket: Option<String>,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Fetch a JWT-SVID for this audience (repeatable) and print it.
+    #[arg(long)]
+    pub audience: Vec<String>,
+    /// Directory for svid.pem, svid.key and bundle.pem.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Prepare and activate a new CA generation now (old roots stay trusted until what they signed expires).
+    Rotate {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// Rotate the JWT signing key instead of the X.509 CA.
+        #[arg(long)]
+        jwt: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the Merkle tree from the stored entries and check every checkpoint.
+    Verify(AuditStoreArgs),
+    /// Print and check the inclusion proof of entry N against the latest checkpoint.
+    Proof {
+        #[command(flatten)]
+        store: AuditStoreArgs,
+        index: u64,
+    },
+    /// Print the latest signed checkpoint (issuing one if the log grew).
+    Checkpoint(AuditStoreArgs),
+    /// Write entries as JSON Lines (for a SIEM).
+    Export {
+        #[command(flatten)]
+        store: AuditStoreArgs,
+        /// First index to export.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
+/// The audit commands read the store directly, so they work with the fabric down.
+#[derive(Debug, Clone, Args)]
+pub struct AuditStoreArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// PostgreSQL URL when the fabric runs on PostgreSQL.
+    #[arg(long, env = config::ENV_DATABASE_URL)]
+    pub database_url: Option<String>,
+}

@@ -1,0 +1,26 @@
+//! Command dispatch: one module per command group.
+
+mod audit;
+mod entry;
+mod svid;
+
+use crate::cli::{CaCommand, Cli, Command};
+use crate::{CliError, CliResult, admin, up};
+
+pub async fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Entry(c) => entry::run(c).await,
+        Command::Svid(c) => svid::run(c).await,
+        Command::Ca(CaCommand::Rotate { data_dir, jwt }) => {
+            let path = if jwt { "/v1/ca/rotate?jwt=true" } else { "/v1/ca/rotate" };
+            let reply = admin::call(&data_dir.data_dir, "POST", path, None).await?;
+            if reply.status != 200 {
+                return Err(CliError::Failed(anyhow::anyhow!(reply.error_message())));
+            }
+            println!("rotated {}", if jwt { "JWT signing key" } else { "X.509 CA" });
+            Ok(())
+        }
+        Command::Audit(c) => audit::run(c).await,
+    }
+}

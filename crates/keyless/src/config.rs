@@ -1,0 +1,151 @@
+//! One typed configuration: TOML file → serde → `KEYLESS_*` environment
+//! overrides → command-line flags. Environment names are constants here; the
+//! process never writes its own environment.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::cli::UpArgs;
+
+pub const ENV_DATA_DIR: &str = "KEYLESS_DATA_DIR";
+pub const ENV_LISTEN: &str = "KEYLESS_LISTEN";
+pub const ENV_TRUST_DOMAIN: &str = "KEYLESS_TRUST_DOMAIN";
+pub const ENV_DATABASE_URL: &str = "KEYLESS_DATABASE_URL";
+pub const ENV_PUBLIC_URL: &str = "KEYLESS_PUBLIC_URL";
+pub const ENV_CONFIG: &str = "KEYLESS_CONFIG";
+pub const ENV_LOG: &str = "KEYLESS_LOG";
+pub const ENV_LOG_FORMAT: &str = "KEYLESS_LOG_FORMAT";
+pub const ENV_CA_TTL: &str = "KEYLESS_CA_TTL";
+pub const ENV_JWT_KEY_TTL: &str = "KEYLESS_JWT_KEY_TTL";
+
+pub const DEFAULT_DATA_DIR: &str = ".keyless";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
+pub const DEFAULT_TRUST_DOMAIN: &str = "keyless.local";
+
+/// The file format. Every field is optional; absent fields take defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub trust_domain: Option<String>,
+    pub database_url: Option<String>,
+    #[serde(default)]
+    pub identity: IdentityFileConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFileConfig {
+    /// Lifetime of a CA generation, e.g. "24h".
+    pub ca_ttl: Option<String>,
+    /// Lifetime of a JWT signing key, e.g. "24h".
+    pub jwt_key_ttl: Option<String>,
+    pub default_x509_ttl: Option<String>,
+    pub default_jwt_ttl: Option<String>,
+}
+
+/// The resolved configuration of `keyless up`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub public_url: Option<String>,
+    pub trust_domain: Option<String>,
+    pub database_url: Option<String>,
+    pub ca_ttl: Option<Duration>,
+    pub jwt_key_ttl: Option<Duration>,
+    pub default_x509_ttl: Option<Duration>,
+    pub default_jwt_ttl: Option<Duration>,
+}
+
+/// Parses a duration such as `10s`, `5m`, `1h`; a clear error otherwise.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid {what} `{s}`: {e} (use e.g. 10s, 5m, 1h)"))?;
+    if d.is_zero() {
+        return Err(format!("invalid {what} `{s}`: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+impl Config {
+    pub fn resolve(args: &UpArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let env_duration = |name: &str| -> anyhow::Result<Option<Duration>> {
+            match std::env::var(name) {
+                Ok(v) => Ok(Some(parse_duration(name, &v).map_err(anyhow::Error::msg)?)),
+                Err(_) => Ok(None),
+            }
+        };
+        let file_duration = |what: &str, v: &Option<String>| -> anyhow::Result<Option<Duration>> {
+            v.as_deref()
+                .map(|s| parse_duration(what, s).map_err(anyhow::Error::msg))
+                .transpose()
+        };
+        // Flags (and their KEYLESS_* env, handled by clap) win over the file,
+        // but clap fills defaults, so the file wins over a defaulted flag.
+        let data_dir = if args.data_dir.data_dir == Path::new(DEFAULT_DATA_DIR) {
+            file.data_dir.unwrap_or_else(|| args.data_dir.data_dir.clone())
+        } else {
+            args.data_dir.data_dir.clone()
+        };
+        let listen = if args.listen == DEFAULT_LISTEN {
+            file.listen.unwrap_or_else(|| args.listen.clone())
+        } else {
+            args.listen.clone()
+        };
+        Ok(Self {
+            data_dir,
+            listen,
+            public_url: args.public_url.clone().or(file.public_url),
+            trust_domain: args.trust_domain.clone().or(file.trust_domain),
+            database_url: args.database_url.clone().or(file.database_url),
+            ca_ttl: env_duration(ENV_CA_TTL)?
+                .or(file_duration("identity.ca_ttl", &file.identity.ca_ttl)?),
+            jwt_key_ttl: env_duration(ENV_JWT_KEY_TTL)?
+                .or(file_duration("identity.jwt_key_ttl", &file.identity.jwt_key_ttl)?),
+            default_x509_ttl: file_duration(
+                "identity.default_x509_ttl",
+                &file.identity.default_x509_ttl,
+            )?,
+            default_jwt_ttl: file_duration("identity.default_jwt_ttl", &file.identity.default_jwt_ttl)?,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file `{}`", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file `{}`", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_or_say_why() {
+        assert_eq!(parse_duration("ttl", "10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("ttl", "1h"), Ok(Duration::from_secs(3600)));
+        let err = parse_duration("x509 ttl", "ten").unwrap_err();
+        assert!(err.starts_with("invalid x509 ttl `ten`"), "{err}");
+        assert!(parse_duration("ttl", "0s").is_err());
+        assert!(parse_duration("ttl", "-5s").is_err());
+    }
+
+    #[test]
+    fn unknown_config_fields_are_refused() {
+        let err = toml::from_str::<FileConfig>("listne = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let ok: FileConfig = toml::from_str("[identity]\nca_ttl = \"2h\"").unwrap();
+        assert_eq!(ok.identity.ca_ttl.as_deref(), Some("2h"));
+    }
+}

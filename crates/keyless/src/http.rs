@@ -1,0 +1,66 @@
+//! The one HTTP listener: composes each crate's router under the fixed paths
+//! of DESIGN.md and adds the operations endpoints.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use keyless_audit::AuditLog;
+use keyless_identity::Identity;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub identity: Arc<Identity>,
+    pub audit: Arc<AuditLog>,
+    pub started: Instant,
+}
+
+/// Largest request body any endpoint accepts (bigger ones get 413).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+pub fn router(state: HttpState) -> Router {
+    let ops = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state.clone());
+    Router::new()
+        .merge(keyless_identity::http::router(state.identity.clone()))
+        .merge(keyless_audit::http::router(state.audit.clone()))
+        .merge(ops)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.identity.x509_authorities().is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "no active CA")
+    } else {
+        (StatusCode::OK, "ready")
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let entries = s.identity.list_entries().await.len();
+    let body = format!(
+        "# HELP keyless_uptime_seconds Seconds since the process started.\n\
+         # TYPE keyless_uptime_seconds gauge\n\
+         keyless_uptime_seconds {}\n\
+         # HELP keyless_registration_entries Registration entries known.\n\
+         # TYPE keyless_registration_entries gauge\n\
+         keyless_registration_entries {entries}\n\
+         # HELP keyless_trust_bundle_roots X.509 roots in the trust bundle.\n\
+         # TYPE keyless_trust_bundle_roots gauge\n\
+         keyless_trust_bundle_roots {}\n",
+        s.started.elapsed().as_secs_f64(),
+        s.identity.x509_authorities().len(),
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+}

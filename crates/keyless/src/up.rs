@@ -1,0 +1,230 @@
+//! `keyless up`: the whole fabric in one process.
+//!
+//! Start order matters: the store and the audit log come first (nothing may
+//! happen that cannot be recorded), then identity, then the listeners. The
+//! `ready` line is printed only once every listener accepts connections.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use keyless_audit::AuditLog;
+use keyless_identity::{Identity, IdentityConfig, TrustDomain};
+use keyless_store::{FileKeyManager, KeyManager, Store};
+use keyless_workload_api::WorkloadApi;
+use tokio::sync::watch;
+
+use crate::cli::UpArgs;
+use crate::config::{self, Config};
+use crate::{CliError, CliResult, admin, http};
+
+pub async fn run(args: UpArgs) -> CliResult {
+    init_tracing();
+    let started = Instant::now();
+    let config = Config::resolve(&args)?;
+    let trust_domain: Option<TrustDomain> = config
+        .trust_domain
+        .as_deref()
+        .map(|td| {
+            td.parse()
+                .map_err(|e| CliError::Usage(format!("invalid trust domain `{td}`: {e}")))
+        })
+        .transpose()?;
+
+    let data_dir = prepare_data_dir(&config.data_dir)?;
+    let keys: Arc<dyn KeyManager> = Arc::new(
+        FileKeyManager::open(&data_dir.join("keys")).context("cannot open the key manager")?,
+    );
+    let store = match &config.database_url {
+        Some(url) => Store::open(url).await,
+        None => Store::open_sqlite(&data_dir.join("keyless.db")).await,
+    }
+    .context("cannot open the store")?;
+    if config.database_url.is_none() {
+        restrict_db_files(&data_dir);
+    }
+
+    // The trust domain is fixed at first start; later starts read it back.
+    let trust_domain = match trust_domain {
+        Some(td) => td,
+        None => match store.get_meta("trust_domain").await.context("reading the store")? {
+            Some(td) => td.parse().map_err(|e| {
+                anyhow::anyhow!("stored trust domain `{td}` is invalid: {e}")
+            })?,
+            None => config::DEFAULT_TRUST_DOMAIN
+                .parse()
+                .map_err(|e| anyhow::anyhow!("default trust domain: {e}"))?,
+        },
+    };
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    let local = listener.local_addr().context("reading the listen address")?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"))
+        .trim_end_matches('/')
+        .to_owned();
+
+    let audit = AuditLog::open(store.clone(), keys.clone(), format!("{trust_domain}/keyless-audit"))
+        .await
+        .context("cannot open the audit log")?;
+
+    let mut identity_config = IdentityConfig::new(trust_domain.clone(), public_url.clone());
+    if let Some(d) = config.ca_ttl {
+        identity_config.ca_ttl = d;
+    }
+    if let Some(d) = config.jwt_key_ttl {
+        identity_config.jwt_key_ttl = d;
+    }
+    if let Some(d) = config.default_x509_ttl {
+        identity_config.default_x509_ttl = d;
+    }
+    if let Some(d) = config.default_jwt_ttl {
+        identity_config.default_jwt_ttl = d;
+    }
+    let identity = Identity::open(store.clone(), keys.clone(), audit.clone(), identity_config)
+        .await
+        .context("cannot open the identity service")?;
+    let _rotation = identity.spawn_rotation();
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    // Workload API: world-connectable, callers are attested.
+    let workload_socket = data_dir.join("workload.sock");
+    let workload = WorkloadApi::new(identity.clone(), audit.clone());
+    let workload_task = {
+        let path = workload_socket.clone();
+        let stop = shutdown(shutdown_rx.clone());
+        tokio::spawn(async move { workload.serve(&path, stop).await })
+    };
+
+    // Admin API: the socket's 0600 mode is the authentication.
+    let admin_socket = data_dir.join("admin.sock");
+    let admin_listener = admin::bind(&admin_socket)?;
+    let admin_router = admin::router(admin::AdminState {
+        identity: identity.clone(),
+    });
+    let admin_task = {
+        let stop = shutdown(shutdown_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(admin_listener, admin_router)
+                .with_graceful_shutdown(stop)
+                .await
+        })
+    };
+
+    let router = http::router(http::HttpState {
+        identity: identity.clone(),
+        audit: audit.clone(),
+        started,
+    });
+    let http_task = {
+        let stop = shutdown(shutdown_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        })
+    };
+
+    wait_for_socket(&workload_socket).await?;
+
+    let abs_socket = std::fs::canonicalize(&workload_socket).unwrap_or(workload_socket.clone());
+    println!("Keyless is up (trust domain {trust_domain})");
+    println!("  console:  {public_url}/");
+    println!("  issuer:   {public_url}");
+    println!("  SPIFFE JWT issuer: {public_url}/spiffe");
+    println!("  SPIFFE_ENDPOINT_SOCKET=unix://{}", abs_socket.display());
+    println!("  admin socket: {}", admin_socket.display());
+    println!("  data dir: {}", data_dir.display());
+    println!("ready");
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = http_task.await;
+    let _ = admin_task.await;
+    let _ = workload_task.await;
+    audit.shutdown().await;
+    let _ = std::fs::remove_file(&admin_socket);
+    let _ = std::fs::remove_file(&workload_socket);
+    store.close().await;
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(config::ENV_LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = std::env::var(config::ENV_LOG_FORMAT).is_ok_and(|f| f == "json");
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Creates the data dir (0755: the Workload API socket inside must be
+/// reachable by every local workload) and returns its absolute path.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("cannot create data dir `{}`", dir.display()))?;
+    }
+    std::fs::canonicalize(dir).with_context(|| format!("cannot resolve `{}`", dir.display()))
+}
+
+/// The database holds no plaintext secret, but nobody else needs to read it.
+fn restrict_db_files(dir: &Path) {
+    for name in ["keyless.db", "keyless.db-wal", "keyless.db-shm"] {
+        let path = dir.join(name);
+        if path.exists() {
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot restrict database file");
+            }
+        }
+    }
+}
+
+async fn wait_for_socket(path: &Path) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the Workload API did not start on `{}`", path.display())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+}
