@@ -72,7 +72,10 @@ mod tests {
 
     #[test]
     fn canonical_forms() {
-        check(json!({"b": 1, "a": [true, null, "x"]}), r#"{"a":[true,null,"x"],"b":1}"#);
+        check(
+            json!({"b": 1, "a": [true, null, "x"]}),
+            r#"{"a":[true,null,"x"],"b":1}"#,
+        );
         check(json!({"z": {"y": 1, "x": 2}}), r#"{"z":{"x":2,"y":1}}"#);
         check(json!(1.5), "1.5");
         check(json!(1.0), "1.0");

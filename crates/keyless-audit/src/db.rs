@@ -68,7 +68,8 @@ pub(crate) async fn insert_entries(
     while done < rows.len() {
         let left = rows.len() - done;
         let n = INSERT_CHUNKS.into_iter().find(|c| *c <= left).unwrap_or(1);
-        let mut sql = String::from("INSERT INTO audit_entries (idx, leaf_hash, root, event) VALUES ");
+        let mut sql =
+            String::from("INSERT INTO audit_entries (idx, leaf_hash, root, event) VALUES ");
         for i in 0..n {
             let p = i * 4;
             if i > 0 {
@@ -76,7 +77,8 @@ pub(crate) async fn insert_entries(
             }
             sql.push_str(&format!("(${},${},${},${})", p + 1, p + 2, p + 3, p + 4));
         }
-        let mut q = sqlx::query(&sql);
+        // Only placeholders are interpolated, never data.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (k, (leaf, root, event)) in rows.iter().skip(done).take(n).enumerate() {
             q = q
                 .bind(to_i64(first + (done + k) as u64)?)
@@ -97,18 +99,24 @@ pub(crate) async fn insert_seal(
     key_name: &str,
     signature: &[u8],
 ) -> Result<(), AuditError> {
-    sqlx::query("INSERT INTO audit_seals (tree_size, root, key_name, signature) VALUES ($1, $2, $3, $4)")
-        .bind(to_i64(size)?)
-        .bind(root.to_vec())
-        .bind(key_name)
-        .bind(signature.to_vec())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit_seals (tree_size, root, key_name, signature) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(to_i64(size)?)
+    .bind(root.to_vec())
+    .bind(key_name)
+    .bind(signature.to_vec())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 /// Entries with `start <= idx < end`, in order.
-pub(crate) async fn read_entries<'e, E>(exec: E, start: u64, end: u64) -> Result<Vec<EntryRow>, AuditError>
+pub(crate) async fn read_entries<'e, E>(
+    exec: E,
+    start: u64,
+    end: u64,
+) -> Result<Vec<EntryRow>, AuditError>
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
@@ -123,14 +131,20 @@ where
 }
 
 /// Every entry from `start` on, streamed in order, for `f`.
-pub(crate) async fn for_each_entry<'e, E, F>(exec: E, start: u64, mut f: F) -> Result<(), AuditError>
+pub(crate) async fn for_each_entry<'e, E, F>(
+    exec: E,
+    start: u64,
+    mut f: F,
+) -> Result<(), AuditError>
 where
     E: sqlx::Executor<'e, Database = Any>,
     F: FnMut(EntryRow) -> Result<(), AuditError>,
 {
-    let mut rows = sqlx::query("SELECT idx, leaf_hash, root, event FROM audit_entries WHERE idx >= $1 ORDER BY idx")
-        .bind(to_i64(start)?)
-        .fetch(exec);
+    let mut rows = sqlx::query(
+        "SELECT idx, leaf_hash, root, event FROM audit_entries WHERE idx >= $1 ORDER BY idx",
+    )
+    .bind(to_i64(start)?)
+    .fetch(exec);
     while let Some(r) = rows.try_next().await? {
         f(entry_row(&r)?)?;
     }
@@ -144,7 +158,10 @@ pub(crate) async fn load_leaf_hashes(pool: &AnyPool) -> Result<Vec<Hash>, AuditE
     while let Some(r) = rows.try_next().await? {
         let idx = to_u64(r.try_get("idx")?)?;
         if idx != out.len() as u64 {
-            return Err(AuditError::Inconsistent(format!("entry {} is missing", out.len())));
+            return Err(AuditError::Inconsistent(format!(
+                "entry {} is missing",
+                out.len()
+            )));
         }
         out.push(to_hash(r.try_get("leaf_hash")?, "leaf hash")?);
     }
@@ -173,9 +190,11 @@ pub(crate) async fn seals<'e, E>(exec: E) -> Result<Vec<SealRow>, AuditError>
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
-    let rows = sqlx::query("SELECT tree_size, root, key_name, signature FROM audit_seals ORDER BY tree_size")
-        .fetch_all(exec)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT tree_size, root, key_name, signature FROM audit_seals ORDER BY tree_size",
+    )
+    .fetch_all(exec)
+    .await?;
     rows.iter()
         .map(|r| {
             Ok(SealRow {
@@ -199,8 +218,6 @@ pub(crate) struct CheckpointRow {
     pub issued_at: i64,
 }
 
-const CHECKPOINT_COLUMNS: &str = "seq, tree_size, root, key_name, note, issued_at";
-
 fn checkpoint_row(r: &sqlx::any::AnyRow) -> Result<CheckpointRow, AuditError> {
     Ok(CheckpointRow {
         seq: to_u64(r.try_get("seq")?)?,
@@ -216,16 +233,16 @@ pub(crate) async fn checkpoints<'e, E>(exec: E) -> Result<Vec<CheckpointRow>, Au
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
-    let rows = sqlx::query(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq"))
+    let rows = sqlx::query("SELECT seq, tree_size, root, key_name, note, issued_at FROM audit_checkpoints ORDER BY seq")
         .fetch_all(exec)
         .await?;
     rows.iter().map(checkpoint_row).collect()
 }
 
-pub(crate) async fn latest_checkpoint_row(pool: &AnyPool) -> Result<Option<CheckpointRow>, AuditError> {
-    let row = sqlx::query(&format!(
-        "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
-    ))
+pub(crate) async fn latest_checkpoint_row(
+    pool: &AnyPool,
+) -> Result<Option<CheckpointRow>, AuditError> {
+    let row = sqlx::query("SELECT seq, tree_size, root, key_name, note, issued_at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
     .fetch_optional(pool)
     .await?;
     row.as_ref().map(checkpoint_row).transpose()
@@ -233,7 +250,9 @@ pub(crate) async fn latest_checkpoint_row(pool: &AnyPool) -> Result<Option<Check
 
 /// Turns a stored checkpoint into a [`Checkpoint`], taking size and root
 /// from the signed note, never from the side columns.
-pub(crate) fn checkpoint_from_row(row: CheckpointRow) -> Result<(Checkpoint, ParsedCheckpoint), AuditError> {
+pub(crate) fn checkpoint_from_row(
+    row: CheckpointRow,
+) -> Result<(Checkpoint, ParsedCheckpoint), AuditError> {
     let parsed = ParsedCheckpoint::parse(&row.note).map_err(|e| {
         AuditError::Inconsistent(format!("checkpoint {} cannot be read: {e}", row.seq))
     })?;
@@ -290,13 +309,20 @@ where
         .collect()
 }
 
-pub(crate) async fn insert_key(pool: &AnyPool, seq: u64, name: &str, public_key: &[u8]) -> Result<(), AuditError> {
-    sqlx::query("INSERT INTO audit_keys (seq, name, public_key, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(to_i64(seq)?)
-        .bind(name)
-        .bind(public_key.to_vec())
-        .bind(keyless_store::now_millis())
-        .execute(pool)
-        .await?;
+pub(crate) async fn insert_key(
+    pool: &AnyPool,
+    seq: u64,
+    name: &str,
+    public_key: &[u8],
+) -> Result<(), AuditError> {
+    sqlx::query(
+        "INSERT INTO audit_keys (seq, name, public_key, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(to_i64(seq)?)
+    .bind(name)
+    .bind(public_key.to_vec())
+    .bind(keyless_store::now_millis())
+    .execute(pool)
+    .await?;
     Ok(())
 }

@@ -178,3 +178,19 @@ impl EventSink for MemorySink {
         Ok(events.len() as u64 - 1)
     }
 }
+
+/// Event types recorded by Keyless components, as constants so that a typo
+/// does not create a new type. DESIGN.md ("Security events") lists the
+/// product's full set; components add theirs here as they land.
+pub mod kinds {
+    pub const SVID_ISSUED: &str = "svid.issued";
+    pub const SVID_ROTATED: &str = "svid.rotated";
+    pub const SVID_CACHED: &str = "svid.cached";
+    pub const ATTESTATION_DENIED: &str = "attestation.denied";
+    pub const ENTRY_CREATED: &str = "entry.created";
+    pub const ENTRY_DELETED: &str = "entry.deleted";
+    pub const CA_ROTATED: &str = "ca.rotated";
+    pub const JWT_KEY_ROTATED: &str = "jwt_key.rotated";
+    /// The audit log's own checkpoint key was replaced.
+    pub const AUDIT_KEY_ROTATED: &str = "audit.checkpoint_key_rotated";
+}

@@ -120,7 +120,7 @@ impl MerkleTree {
         self.frontier.push(leaf);
         let n = self.leaves.len() as u64;
         let mut h = CACHE_FROM_HEIGHT;
-        while h < 64 && n % (1u64 << h) == 0 {
+        while h < 64 && n.is_multiple_of(1u64 << h) {
             let j = n / (1u64 << h) - 1;
             let hash = if h == CACHE_FROM_HEIGHT {
                 self.compute_below_cache(h, j)
@@ -229,7 +229,7 @@ impl MerkleTree {
         if n == 1 {
             return self.leaf(lo).copied().unwrap_or_default();
         }
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             return self.node(n.trailing_zeros(), lo / n);
         }
         let k = split_point(n);
@@ -349,7 +349,11 @@ mod tests {
             assert_eq!(t.root(), mth(&all[..=i]), "size {}", i + 1);
         }
         for s in 0..=300u64 {
-            assert_eq!(t.root_at(s).unwrap(), mth(&all[..s as usize]), "root_at {s}");
+            assert_eq!(
+                t.root_at(s).unwrap(),
+                mth(&all[..s as usize]),
+                "root_at {s}"
+            );
         }
     }
 

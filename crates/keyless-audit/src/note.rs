@@ -82,7 +82,11 @@ pub fn sign_note(signer: &dyn Signer, body: &str) -> Result<String, keyless_stor
     let sig = signer.sign(body.as_bytes())?;
     let mut blob = key_id(signer.name(), signer.public_key()).to_vec();
     blob.extend_from_slice(&sig);
-    Ok(format!("{body}\n{EM_DASH} {} {}\n", signer.name(), B64.encode(blob)))
+    Ok(format!(
+        "{body}\n{EM_DASH} {} {}\n",
+        signer.name(),
+        B64.encode(blob)
+    ))
 }
 
 /// Checks a raw Ed25519 signature over `body`.
@@ -118,7 +122,10 @@ impl ParsedCheckpoint {
             .ok_or(malformed("no blank line before the signatures"))?;
         let body = format!("{body_lines}\n");
         let mut lines = body_lines.split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or(malformed("empty origin"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or(malformed("empty origin"))?;
         let size_text = lines.next().ok_or(malformed("no tree size"))?;
         let canonical_size = size_text.bytes().all(|b| b.is_ascii_digit())
             && !size_text.is_empty()
@@ -126,7 +133,9 @@ impl ParsedCheckpoint {
         if !canonical_size {
             return Err(malformed("tree size is not a canonical decimal"));
         }
-        let size: u64 = size_text.parse().map_err(|_| malformed("tree size too large"))?;
+        let size: u64 = size_text
+            .parse()
+            .map_err(|_| malformed("tree size too large"))?;
         let root_bytes = B64
             .decode(lines.next().ok_or(malformed("no root hash"))?)
             .map_err(|_| malformed("root hash is not base64"))?;
@@ -192,7 +201,10 @@ mod tests {
     async fn signed_note_round_trips_and_rejects_edits() {
         let tmp = tempfile::tempdir().unwrap();
         let km = FileKeyManager::open(&tmp.path().join("k")).unwrap();
-        let signer = km.generate("audit-checkpoint-1", KeyAlgorithm::Ed25519).await.unwrap();
+        let signer = km
+            .generate("audit-checkpoint-1", KeyAlgorithm::Ed25519)
+            .await
+            .unwrap();
         let root = [7u8; 32];
         let body = note_body("example.org/keyless-audit", 42, &root);
         let note = sign_note(signer.as_ref(), &body).unwrap();
@@ -200,7 +212,9 @@ mod tests {
         assert!(note.contains("\n\n\u{2014} audit-checkpoint-1 "));
         let parsed = ParsedCheckpoint::parse(&note).unwrap();
         assert_eq!((parsed.size, parsed.root), (42, root));
-        parsed.verify("audit-checkpoint-1", signer.public_key()).unwrap();
+        parsed
+            .verify("audit-checkpoint-1", signer.public_key())
+            .unwrap();
         let forged = note.replace("\n42\n", "\n43\n");
         let forged = ParsedCheckpoint::parse(&forged).unwrap();
         assert_eq!(

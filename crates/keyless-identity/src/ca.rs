@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keyless_store::{KeyAlgorithm, KeyManager, Signer, StoreError};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
-    SerialNumber, SignatureAlgorithm, SigningKey,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    SignatureAlgorithm, SigningKey,
 };
 
 use crate::{IdentityError, SpiffeId, TrustDomain};
@@ -53,7 +53,9 @@ impl AuthorityState {
             "prepared" => Ok(Self::Prepared),
             "active" => Ok(Self::Active),
             "retired" => Ok(Self::Retired),
-            other => Err(IdentityError::Corrupt(format!("unknown authority state `{other}`"))),
+            other => Err(IdentityError::Corrupt(format!(
+                "unknown authority state `{other}`"
+            ))),
         }
     }
 }
@@ -100,7 +102,9 @@ impl SigningKey for KmKey {
 // Never prints key material (the signer prints only its name).
 impl std::fmt::Debug for KmKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KmKey").field("name", &self.signer.name()).finish()
+        f.debug_struct("KmKey")
+            .field("name", &self.signer.name())
+            .finish()
     }
 }
 
@@ -144,7 +148,10 @@ pub(crate) async fn fresh_key(
 ) -> Result<Arc<dyn Signer>, IdentityError> {
     match keys.generate(name, KeyAlgorithm::EcdsaP256).await {
         Err(StoreError::KeyExists(_)) => {
-            tracing::warn!(key = name, "replacing an orphaned key left by an interrupted rotation");
+            tracing::warn!(
+                key = name,
+                "replacing an orphaned key left by an interrupted rotation"
+            );
             keys.delete(name).await?;
             Ok(keys.generate(name, KeyAlgorithm::EcdsaP256).await?)
         }
@@ -266,7 +273,9 @@ pub(crate) async fn create_generation(
     )?;
     int_params.use_authority_key_identifier_extension = true;
     let int_kmkey = KmKey::new(int_signer.clone())?;
-    let int_cert = int_params.signed_by(&int_kmkey, &root_issuer).map_err(cert_err)?;
+    let int_cert = int_params
+        .signed_by(&int_kmkey, &root_issuer)
+        .map_err(cert_err)?;
     drop(root_issuer);
     keys.delete(&root_key).await?;
 

@@ -53,7 +53,7 @@ fn entry_from_row(row: &AnyRow) -> Result<RegistrationEntry, IdentityError> {
         x509_ttl: secs(row.try_get("x509_ttl_secs")?),
         jwt_ttl: secs(row.try_get("jwt_ttl_secs")?),
         hint: row.try_get("hint")?,
-        admin: row.try_get("admin")?,
+        admin: row.try_get::<i64, _>("admin")? != 0,
         created_at: row.try_get("created_at")?,
         id,
     })
@@ -69,7 +69,10 @@ pub(crate) async fn load_entries(store: &Store) -> Result<Vec<RegistrationEntry>
     rows.iter().map(entry_from_row).collect()
 }
 
-pub(crate) async fn insert_entry(store: &Store, e: &RegistrationEntry) -> Result<(), IdentityError> {
+pub(crate) async fn insert_entry(
+    store: &Store,
+    e: &RegistrationEntry,
+) -> Result<(), IdentityError> {
     let selectors: Vec<String> = e.selectors.iter().map(ToString::to_string).collect();
     let selectors =
         serde_json::to_string(&selectors).map_err(|e| IdentityError::Corrupt(e.to_string()))?;
@@ -79,12 +82,17 @@ pub(crate) async fn insert_entry(store: &Store, e: &RegistrationEntry) -> Result
     )
     .bind(e.id.clone())
     .bind(e.spiffe_id.to_string())
-    .bind(e.parent_id.as_ref().map(ToString::to_string).unwrap_or_default())
+    .bind(
+        e.parent_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    )
     .bind(selectors)
     .bind(secs_i64(e.x509_ttl))
     .bind(secs_i64(e.jwt_ttl))
     .bind(e.hint.clone())
-    .bind(e.admin)
+    .bind(i64::from(e.admin))
     .bind(e.created_at)
     .execute(store.pool())
     .await?;
@@ -159,6 +167,8 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// A fixed table name: the only text ever spliced into these statements,
+    /// which is why they may be built with `format!` (`AssertSqlSafe`).
     fn table(self) -> &'static str {
         match self {
             Self::X509Ca => "identity_x509_cas",
@@ -168,10 +178,10 @@ impl Kind {
 }
 
 pub(crate) async fn next_generation(store: &Store, kind: Kind) -> Result<i64, IdentityError> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT COALESCE(MAX(generation), 0) AS g FROM {}",
         kind.table()
-    ))
+    )))
     .fetch_one(store.pool())
     .await?;
     Ok(row.try_get::<i64, _>("g")?.saturating_add(1))
@@ -187,15 +197,15 @@ pub(crate) async fn activate(
 ) -> Result<(), IdentityError> {
     let table = kind.table();
     let mut tx = store.pool().begin().await?;
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {table} SET state = 'retired' WHERE state = 'active' AND generation <> $1"
-    ))
+    )))
     .bind(generation)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {table} SET state = 'active', activated_at = $2 WHERE generation = $1"
-    ))
+    )))
     .bind(generation)
     .bind(now)
     .execute(&mut *tx)
@@ -209,10 +219,13 @@ pub(crate) async fn delete_generation(
     kind: Kind,
     generation: i64,
 ) -> Result<(), IdentityError> {
-    sqlx::query(&format!("DELETE FROM {} WHERE generation = $1", kind.table()))
-        .bind(generation)
-        .execute(store.pool())
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {} WHERE generation = $1",
+        kind.table()
+    )))
+    .bind(generation)
+    .execute(store.pool())
+    .await?;
     Ok(())
 }
 

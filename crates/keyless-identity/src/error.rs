@@ -18,6 +18,8 @@ pub enum IdentityError {
     NotFound(String),
     #[error("trust domain mismatch: the store belongs to `{stored}`, configured `{configured}`")]
     TrustDomainMismatch { stored: String, configured: String },
+    #[error("invalid identity configuration: {0}")]
+    InvalidConfig(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("invalid jwt-svid: {0}")]

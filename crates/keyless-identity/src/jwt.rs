@@ -63,7 +63,9 @@ pub(crate) fn ec_xy(public: &[u8]) -> Result<(String, String), IdentityError> {
             let (x, y) = rest.split_at(32);
             Ok((URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y)))
         }
-        _ => Err(IdentityError::Corrupt("not an uncompressed p-256 point".into())),
+        _ => Err(IdentityError::Corrupt(
+            "not an uncompressed p-256 point".into(),
+        )),
     }
 }
 
@@ -151,7 +153,9 @@ pub(crate) fn validate(
     now: i64,
 ) -> Result<ValidatedJwtSvid, IdentityError> {
     if audience.is_empty() {
-        return Err(IdentityError::InvalidRequest("audience must be specified".into()));
+        return Err(IdentityError::InvalidRequest(
+            "audience must be specified".into(),
+        ));
     }
     if token.len() > MAX_TOKEN_LEN {
         return Err(bad("token too long"));
@@ -164,7 +168,10 @@ pub(crate) fn validate(
     };
 
     let header = decode_json(header_b64, "header")?;
-    let alg = header.get("alg").and_then(Value::as_str).unwrap_or_default();
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !PROFILE_ALGS.contains(&alg) {
         return Err(bad(format!("unsupported algorithm `{alg}`")));
     }
@@ -218,7 +225,8 @@ pub(crate) fn validate(
         .get("sub")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("missing `sub`"))?;
-    let spiffe_id = SpiffeId::new(sub).map_err(|e| bad(format!("`sub` is not a spiffe id: {e}")))?;
+    let spiffe_id =
+        SpiffeId::new(sub).map_err(|e| bad(format!("`sub` is not a spiffe id: {e}")))?;
     if !spiffe_id.is_member_of(td) {
         return Err(bad(format!("`sub` is not in trust domain `{td}`")));
     }

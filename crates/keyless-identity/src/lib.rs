@@ -12,10 +12,12 @@
 //! generated here, in memory, and handed to the workload that asked for it.
 
 mod ca;
+mod db;
 mod entry;
 mod error;
 pub mod http;
 mod jwt;
+mod rotation;
 mod selector;
 mod service;
 mod spiffe_id;

@@ -92,7 +92,9 @@ pub(crate) fn plan(authorities: &[Lifecycle], now: i64, force: bool) -> Plan {
         plan.activate = Some((Target::New, Reason::Forced));
     } else {
         match (active, prepared) {
-            (None, Some(p)) => plan.activate = Some((Target::Existing(p.generation), Reason::Bootstrap)),
+            (None, Some(p)) => {
+                plan.activate = Some((Target::Existing(p.generation), Reason::Bootstrap))
+            }
             (None, None) => {
                 plan.prepare = true;
                 plan.activate = Some((Target::New, Reason::Bootstrap));

@@ -56,7 +56,9 @@ impl Selector {
             }
             "sha256" => {
                 if value.len() != 64
-                    || !value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                    || !value
+                        .bytes()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
                 {
                     return Err(err("sha256 must be 64 lowercase hex characters"));
                 }
@@ -118,7 +120,9 @@ impl FromStr for Selector {
             input: s.to_owned(),
             reason,
         };
-        let (kind, rest) = s.split_once(':').ok_or_else(|| err("expected kind:key:value"))?;
+        let (kind, rest) = s
+            .split_once(':')
+            .ok_or_else(|| err("expected kind:key:value"))?;
         let (key, value) = rest
             .split_once(':')
             .ok_or_else(|| err("expected kind:key:value"))?;
@@ -148,5 +152,101 @@ impl<'de> Deserialize<'de> for Selector {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::type_complexity
+    )]
+
+    use super::*;
+
+    /// Parses `input`; `expected` is (kind, key, value) or `None` for an error.
+    fn check(input: &str, expected: Option<(&str, &str, &str)>) {
+        let got = input.parse::<Selector>();
+        match (&got, expected) {
+            (Ok(s), Some((kind, key, value))) => {
+                assert_eq!(
+                    (s.kind(), s.key(), s.value()),
+                    (kind, key, value),
+                    "{input}"
+                );
+                assert_eq!(s.to_string(), input);
+            }
+            (Err(IdentityError::Selector { .. }), None) => {}
+            _ => panic!("`{input}`: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn selector_table() {
+        let digest = "0123456789abcdef".repeat(4);
+        let cases: Vec<(String, Option<(&str, &str, &str)>)> = vec![
+            ("unix:uid:1000".into(), Some(("unix", "uid", "1000"))),
+            ("unix:uid:0".into(), Some(("unix", "uid", "0"))),
+            (
+                "unix:gid:4294967295".into(),
+                Some(("unix", "gid", "4294967295")),
+            ),
+            (
+                "unix:path:/usr/bin/agent".into(),
+                Some(("unix", "path", "/usr/bin/agent")),
+            ),
+            (
+                "unix:path:/opt/a:b/c".into(),
+                Some(("unix", "path", "/opt/a:b/c")),
+            ),
+            (
+                format!("unix:sha256:{digest}"),
+                Some(("unix", "sha256", digest.as_str())),
+            ),
+            ("unix:uid:".into(), None),
+            ("unix:uid:-1".into(), None),
+            ("unix:uid:+1".into(), None),
+            ("unix:uid:01000".into(), None),
+            ("unix:uid:4294967296".into(), None),
+            ("unix:uid:abc".into(), None),
+            ("unix:gid:1.5".into(), None),
+            ("unix:path:relative/bin".into(), None),
+            ("unix:path:".into(), None),
+            ("unix:path:/a\0b".into(), None),
+            (format!("unix:sha256:{}", digest.to_uppercase()), None),
+            (format!("unix:sha256:{}", &digest[1..]), None),
+            (format!("unix:sha256:{digest}0"), None),
+            ("unix:pid:12".into(), None),
+            ("k8s:ns:default".into(), None),
+            ("UNIX:uid:1".into(), None),
+            ("unix:uid".into(), None),
+            ("unix".into(), None),
+            ("".into(), None),
+        ];
+        for (input, expected) in cases {
+            check(&input, expected);
+        }
+    }
+
+    #[test]
+    fn constructors_agree_with_parsing() {
+        assert_eq!(Selector::unix_uid(1000), "unix:uid:1000".parse().unwrap());
+        assert_eq!(Selector::unix_gid(7), "unix:gid:7".parse().unwrap());
+        assert_eq!(
+            Selector::unix_path("/bin/x").unwrap(),
+            "unix:path:/bin/x".parse().unwrap()
+        );
+        let s = Selector::unix_sha256(&[0xab; 32]);
+        assert_eq!(s.value(), "ab".repeat(32));
+        assert_eq!(s, s.to_string().parse().unwrap());
+    }
+
+    #[test]
+    fn serde_is_the_string_form() {
+        let s: Selector = serde_json::from_str("\"unix:uid:5\"").unwrap();
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"unix:uid:5\"");
+        assert!(serde_json::from_str::<Selector>("\"unix:uid:x\"").is_err());
     }
 }

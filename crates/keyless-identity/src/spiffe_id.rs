@@ -120,9 +120,7 @@ impl TrustDomain {
         if input.is_empty() {
             return Err(SpiffeIdError::Empty);
         }
-        if input.contains(':') {
-            // Only the `spiffe://` form may contain a colon; anything else
-            // (a port, another scheme) is not a trust domain.
+        if input.starts_with(SCHEME_PREFIX) {
             let id = SpiffeId::new(input)?;
             if !id.path().is_empty() {
                 return Err(SpiffeIdError::TrustDomainWithPath);
@@ -286,5 +284,181 @@ impl<'de> Deserialize<'de> for SpiffeId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::type_complexity
+    )]
+
+    use super::*;
+    use SpiffeIdError::*;
+
+    /// Parses `input` and compares with `expected` = (trust domain, path)
+    /// or the error; valid IDs must also print back unchanged.
+    fn check(input: &str, expected: Result<(&str, &str), SpiffeIdError>) {
+        let got = SpiffeId::new(input);
+        match (&got, expected) {
+            (Ok(id), Ok((td, path))) => {
+                assert_eq!(id.trust_domain_name(), td, "{input}");
+                assert_eq!(id.trust_domain().name(), td, "{input}");
+                assert_eq!(id.path(), path, "{input}");
+                assert_eq!(id.to_string(), input);
+                assert_eq!(input.parse::<SpiffeId>().as_ref(), Ok(id));
+            }
+            (Err(e), Err(want)) => assert_eq!(*e, want, "{input}"),
+            _ => panic!("`{input}`: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn spiffe_id_table() {
+        let all_td_chars = "abcdefghijklmnopqrstuvwxyz0123456789.-_";
+        let all_path_chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_";
+        let longest_td = "a".repeat(255);
+        // 9 (`spiffe://`) + 2 (`td`) + 2037 = 2048 bytes.
+        let longest_path = format!("/{}", "a".repeat(2036));
+        let cases: Vec<(String, Result<(&str, &str), SpiffeIdError>)> = vec![
+            // valid
+            ("spiffe://trustdomain".into(), Ok(("trustdomain", ""))),
+            (
+                "spiffe://trustdomain/path".into(),
+                Ok(("trustdomain", "/path")),
+            ),
+            (
+                "spiffe://trustdomain/path1/path2".into(),
+                Ok(("trustdomain", "/path1/path2")),
+            ),
+            (
+                "spiffe://example.org/ns/prod/sa/agent".into(),
+                Ok(("example.org", "/ns/prod/sa/agent")),
+            ),
+            (format!("spiffe://{all_td_chars}"), Ok((all_td_chars, ""))),
+            (
+                format!("spiffe://td/{all_path_chars}"),
+                Ok((
+                    "td",
+                    "/abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_",
+                )),
+            ),
+            ("spiffe://td/.../..a/a..".into(), Ok(("td", "/.../..a/a.."))),
+            ("spiffe://td/.hidden".into(), Ok(("td", "/.hidden"))),
+            ("spiffe://td/-/_".into(), Ok(("td", "/-/_"))),
+            // scheme
+            ("".into(), Err(Empty)),
+            ("http://trustdomain/path".into(), Err(WrongScheme)),
+            ("SPIFFE://trustdomain/path".into(), Err(WrongScheme)),
+            ("spiffe:/trustdomain/path".into(), Err(WrongScheme)),
+            ("spiffe:trustdomain".into(), Err(WrongScheme)),
+            ("//trustdomain/path".into(), Err(WrongScheme)),
+            (" spiffe://trustdomain".into(), Err(WrongScheme)),
+            // trust domain
+            ("spiffe://".into(), Err(MissingTrustDomain)),
+            ("spiffe:///path".into(), Err(MissingTrustDomain)),
+            ("spiffe://Trustdomain/path".into(), Err(BadTrustDomainChar)),
+            (
+                "spiffe://trustdomain:8080/path".into(),
+                Err(BadTrustDomainChar),
+            ),
+            (
+                "spiffe://user@trustdomain/path".into(),
+                Err(BadTrustDomainChar),
+            ),
+            (
+                "spiffe://user:pass@trustdomain".into(),
+                Err(BadTrustDomainChar),
+            ),
+            (
+                "spiffe://trust%64omain/path".into(),
+                Err(BadTrustDomainChar),
+            ),
+            ("spiffe://trustdomain?query".into(), Err(BadTrustDomainChar)),
+            (
+                "spiffe://trustdomain#fragment".into(),
+                Err(BadTrustDomainChar),
+            ),
+            ("spiffe://trust domain".into(), Err(BadTrustDomainChar)),
+            ("spiffe://tr\u{fc}st".into(), Err(BadTrustDomainChar)),
+            ("spiffe://[::1]/path".into(), Err(BadTrustDomainChar)),
+            (
+                format!("spiffe://{longest_td}"),
+                Ok((longest_td.as_str(), "")),
+            ),
+            (
+                format!("spiffe://{}", "a".repeat(256)),
+                Err(TrustDomainTooLong),
+            ),
+            // path
+            ("spiffe://trustdomain/".into(), Err(TrailingSlash)),
+            ("spiffe://trustdomain/path/".into(), Err(TrailingSlash)),
+            ("spiffe://trustdomain//path".into(), Err(EmptySegment)),
+            ("spiffe://trustdomain/path//other".into(), Err(EmptySegment)),
+            ("spiffe://trustdomain/./path".into(), Err(DotSegment)),
+            ("spiffe://trustdomain/path/.".into(), Err(DotSegment)),
+            ("spiffe://trustdomain/../path".into(), Err(DotSegment)),
+            ("spiffe://trustdomain/path/..".into(), Err(DotSegment)),
+            ("spiffe://trustdomain/pa%20th".into(), Err(BadPathChar)),
+            ("spiffe://trustdomain/path?query=1".into(), Err(BadPathChar)),
+            (
+                "spiffe://trustdomain/path#fragment".into(),
+                Err(BadPathChar),
+            ),
+            ("spiffe://trustdomain/pa th".into(), Err(BadPathChar)),
+            ("spiffe://trustdomain/p\u{e4}th".into(), Err(BadPathChar)),
+            ("spiffe://trustdomain/a:b".into(), Err(BadPathChar)),
+            ("spiffe://trustdomain/a\\b".into(), Err(BadPathChar)),
+            (
+                format!("spiffe://td{longest_path}"),
+                Ok(("td", longest_path.as_str())),
+            ),
+            (format!("spiffe://td{longest_path}a"), Err(TooLong)),
+        ];
+        for (input, expected) in cases {
+            check(&input, expected);
+        }
+    }
+
+    #[test]
+    fn trust_domain_table() {
+        let ok = |input: &str, name: &str| {
+            let td = TrustDomain::new(input).unwrap();
+            assert_eq!(td.name(), name, "{input}");
+            assert_eq!(td.id().to_string(), format!("spiffe://{name}"));
+        };
+        let err = |input: &str, want: SpiffeIdError| {
+            assert_eq!(TrustDomain::new(input), Err(want), "{input}");
+        };
+        ok("example.org", "example.org");
+        ok("spiffe://example.org", "example.org");
+        ok("my_td-1.local", "my_td-1.local");
+        err("", Empty);
+        err("Example.org", BadTrustDomainChar);
+        err("example.org:8080", BadTrustDomainChar);
+        err("spiffe://example.org/path", TrustDomainWithPath);
+        err("spiffe://example.org/", TrailingSlash);
+        err("http://example.org", BadTrustDomainChar);
+        err(&"a".repeat(256), TrustDomainTooLong);
+    }
+
+    #[test]
+    fn serde_is_the_string_form_and_validates() {
+        let id: SpiffeId = serde_json::from_str("\"spiffe://td/a\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"spiffe://td/a\"");
+        assert!(serde_json::from_str::<SpiffeId>("\"spiffe://td/a/\"").is_err());
+        let td: TrustDomain = serde_json::from_str("\"td\"").unwrap();
+        assert_eq!(serde_json::to_string(&td).unwrap(), "\"td\"");
+    }
+
+    #[test]
+    fn membership() {
+        let id = SpiffeId::new("spiffe://example.org/x").unwrap();
+        assert!(id.is_member_of(&TrustDomain::new("example.org").unwrap()));
+        assert!(!id.is_member_of(&TrustDomain::new("example.org.evil").unwrap()));
+        assert!(!id.is_member_of(&TrustDomain::new("example.or").unwrap()));
     }
 }

@@ -229,7 +229,11 @@ impl KeyManager for FileKeyManager {
         };
         let mut names = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io)? {
-            let file = entry.map_err(io)?.file_name().to_string_lossy().into_owned();
+            let file = entry
+                .map_err(io)?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
             for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Ed25519] {
                 if let Some(n) = file.strip_suffix(&format!(".{}", alg.file_suffix())) {
                     names.push(n.to_owned());
@@ -290,7 +294,9 @@ struct P256Signer {
 // Deliberately prints no key material.
 impl std::fmt::Debug for P256Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("P256Signer").field("name", &self.name).finish()
+        f.debug_struct("P256Signer")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -328,7 +334,9 @@ struct Ed25519Signer {
 
 impl std::fmt::Debug for Ed25519Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ed25519Signer").field("name", &self.name).finish()
+        f.debug_struct("Ed25519Signer")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -353,17 +361,25 @@ impl Signer for Ed25519Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey};
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey,
+    };
 
     #[tokio::test]
     async fn generated_keys_are_private_and_reload_to_the_same_key() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("keys");
         let km = FileKeyManager::open(&dir).unwrap();
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let k = km.generate("ca-1", KeyAlgorithm::EcdsaP256).await.unwrap();
         let file = dir.join("ca-1.p256.p8");
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
 
         let km2 = FileKeyManager::open(&dir).unwrap();
         let k2 = km2.load("ca-1").await.unwrap();
@@ -376,20 +392,31 @@ mod tests {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, k.public_key())
             .verify(b"msg", &der)
             .unwrap();
-        assert!(format!("{k:?}").len() < 60, "debug output must not carry key material");
+        assert!(
+            format!("{k:?}").len() < 60,
+            "debug output must not carry key material"
+        );
     }
 
     #[tokio::test]
     async fn ed25519_keys_sign_and_list() {
         let tmp = tempfile::tempdir().unwrap();
         let km = FileKeyManager::open(&tmp.path().join("k")).unwrap();
-        let k = km.generate("checkpoint-1", KeyAlgorithm::Ed25519).await.unwrap();
+        let k = km
+            .generate("checkpoint-1", KeyAlgorithm::Ed25519)
+            .await
+            .unwrap();
         let sig = k.sign(b"note").unwrap();
-        UnparsedPublicKey::new(&ED25519, k.public_key()).verify(b"note", &sig).unwrap();
+        UnparsedPublicKey::new(&ED25519, k.public_key())
+            .verify(b"note", &sig)
+            .unwrap();
         km.generate("a", KeyAlgorithm::EcdsaP256).await.unwrap();
         assert_eq!(km.list().await.unwrap(), vec!["a", "checkpoint-1"]);
         km.delete("a").await.unwrap();
-        assert!(matches!(km.load("a").await, Err(StoreError::KeyNotFound(_))));
+        assert!(matches!(
+            km.load("a").await,
+            Err(StoreError::KeyNotFound(_))
+        ));
     }
 
     #[tokio::test]

@@ -37,7 +37,9 @@ pub enum StoreError {
         name: &'static str,
         source: sqlx::Error,
     },
-    #[error("database schema version {found} is newer than this build knows ({known}); upgrade keyless")]
+    #[error(
+        "database schema version {found} is newer than this build knows ({known}); upgrade keyless"
+    )]
     SchemaTooNew { found: i64, known: i64 },
     #[error("key `{0}` not found")]
     KeyNotFound(String),
@@ -149,18 +151,25 @@ impl Store {
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| sqlx::Row::try_get::<String, _>(&r, "value")).transpose()?)
+        Ok(row
+            .map(|r| sqlx::Row::try_get::<String, _>(&r, "value"))
+            .transpose()?)
     }
 
     /// Records a deployment fact in `keyless_meta` only if it is not set yet,
     /// and returns the value in force (the existing one if there was one).
     pub async fn init_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
-        sqlx::query("INSERT INTO keyless_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
-        Ok(self.get_meta(key).await?.unwrap_or_else(|| value.to_owned()))
+        sqlx::query(
+            "INSERT INTO keyless_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .get_meta(key)
+            .await?
+            .unwrap_or_else(|| value.to_owned()))
     }
 
     pub async fn close(&self) {

@@ -93,14 +93,19 @@ async fn apply_pending(
             source,
         };
         let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(wrap)?;
-        sqlx::raw_sql(script).execute(&mut *tx).await.map_err(wrap)?;
-        sqlx::query("INSERT INTO keyless_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(m.version)
-            .bind(m.name)
-            .bind(crate::now_millis())
+        sqlx::raw_sql(script)
             .execute(&mut *tx)
             .await
             .map_err(wrap)?;
+        sqlx::query(
+            "INSERT INTO keyless_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(crate::now_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(wrap)?;
         tx.commit().await.map_err(wrap)?;
         tracing::info!(version = m.version, name = m.name, "applied migration");
     }

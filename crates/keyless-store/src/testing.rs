@@ -38,18 +38,35 @@ pub async fn fresh_postgres_database(label: &str) -> Option<String> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let safe: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .take(30)
         .collect();
-    let name = format!("kl_{safe}_{}_{n}_{}", std::process::id(), crate::now_millis() % 100_000);
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
+    let name = format!(
+        "kl_{safe}_{}_{n}_{}",
+        std::process::id(),
+        crate::now_millis() % 100_000
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\""
+    )))
+    .execute(&mut conn)
+    .await
+    .ok()?;
+    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut conn)
         .await
-        .ok()?;
-    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await {
+    {
         eprintln!("SKIPPED PostgreSQL half of `{label}`: cannot create a database: {e}");
         return None;
     }
-    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b);
     Some(format!("{base}/{name}"))
 }

@@ -5,9 +5,15 @@ use keyless_store::{Dialect, Store, testing};
 async fn check_store(store: &Store) {
     assert_eq!(store.schema_version().await.unwrap(), 3);
     assert_eq!(store.get_meta("trust_domain").await.unwrap(), None);
-    assert_eq!(store.init_meta("trust_domain", "a.test").await.unwrap(), "a.test");
+    assert_eq!(
+        store.init_meta("trust_domain", "a.test").await.unwrap(),
+        "a.test"
+    );
     // A second init keeps the first value: the trust domain never drifts.
-    assert_eq!(store.init_meta("trust_domain", "b.test").await.unwrap(), "a.test");
+    assert_eq!(
+        store.init_meta("trust_domain", "b.test").await.unwrap(),
+        "a.test"
+    );
     assert_eq!(
         store.get_meta("trust_domain").await.unwrap().as_deref(),
         Some("a.test")
@@ -23,7 +29,10 @@ async fn sqlite_store_migrates_and_keeps_data_across_reopen() {
     check_store(&store).await;
     store.close().await;
     let again = Store::open_sqlite(&path).await.unwrap();
-    assert_eq!(again.get_meta("trust_domain").await.unwrap().as_deref(), Some("a.test"));
+    assert_eq!(
+        again.get_meta("trust_domain").await.unwrap().as_deref(),
+        Some("a.test")
+    );
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(again.pool())
         .await
@@ -48,5 +57,8 @@ async fn postgres_store_migrates_and_keeps_data_across_reopen() {
 #[tokio::test]
 async fn unknown_url_scheme_is_refused() {
     let err = Store::open("mysql://root@localhost/x").await.unwrap_err();
-    assert!(err.to_string().contains("unsupported database url"), "{err}");
+    assert!(
+        err.to_string().contains("unsupported database url"),
+        "{err}"
+    );
 }

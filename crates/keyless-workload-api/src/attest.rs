@@ -136,7 +136,10 @@ impl Attestor {
             // process while we are not root) the kernel hides its binary:
             // attest what we know; entries needing path or hash won't match.
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                tracing::debug!(pid, "binary of caller not readable; path and sha256 selectors omitted");
+                tracing::debug!(
+                    pid,
+                    "binary of caller not readable; path and sha256 selectors omitted"
+                );
                 (None, None)
             }
             Err(e) => return Err(gone_or(pid, &exe, e)),
@@ -157,10 +160,12 @@ impl Attestor {
                 pid,
                 reason: "binary path is not utf-8".to_owned(),
             })?;
-            selectors.push(Selector::unix_path(text).map_err(|e| AttestError::Selector {
-                pid,
-                reason: e.to_string(),
-            })?);
+            selectors.push(
+                Selector::unix_path(text).map_err(|e| AttestError::Selector {
+                    pid,
+                    reason: e.to_string(),
+                })?,
+            );
         }
         if let Some(digest) = &sha256 {
             selectors.push(Selector::unix_sha256(digest));
@@ -352,12 +357,16 @@ mod tests {
             ..own
         };
         let err = Attestor::new().attest(peer).unwrap_err();
-        assert!(matches!(err, AttestError::CredentialsChanged { .. }), "{err}");
+        assert!(
+            matches!(err, AttestError::CredentialsChanged { .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn start_time_is_field_22_even_with_odd_command_names() {
-        let stat = "42 (we ) ird (name) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        let stat =
+            "42 (we ) ird (name) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
         assert_eq!(parse_start_time(stat), Some(987_654));
         assert_eq!(parse_start_time("42 (short) S 1"), None);
         assert_eq!(parse_start_time("no parens"), None);

@@ -41,6 +41,10 @@ const MIN_REFRESH: Duration = Duration::from_millis(250);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+/// A message and when it must be rebuilt even if nothing changed.
+type Built<T> = Result<(T, Option<SystemTime>), WorkloadApiError>;
+type FingerprintFn<Fp> = Box<dyn Fn() -> BoxFuture<Result<Fp, WorkloadApiError>> + Send + Sync>;
+type BuildFn<Fp, T> = Box<dyn Fn(Fp) -> BoxFuture<Built<T>> + Send + Sync>;
 
 /// The SPIFFE Workload API server.
 #[derive(Debug, Clone)]
@@ -176,17 +180,18 @@ fn fail(err: WorkloadApiError) -> Status {
 /// compute and compare), and how to turn it into a message (`build`, which
 /// may mint SVIDs and record events).
 struct Feed<Fp, T> {
-    fingerprint: Box<dyn Fn() -> BoxFuture<Result<Fp, WorkloadApiError>> + Send + Sync>,
-    build: Box<dyn Fn(Fp) -> BoxFuture<Result<(T, Option<SystemTime>), WorkloadApiError>> + Send + Sync>,
+    fingerprint: FingerprintFn<Fp>,
+    build: BuildFn<Fp, T>,
 }
 
 struct FeedState<Fp, T> {
     feed: Feed<Fp, T>,
     changes: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
-    last: Option<Fp>,
+    /// The first message, built before the response started.
+    first: Option<T>,
+    last: Fp,
     refresh_at: Option<tokio::time::Instant>,
-    started: bool,
     done: bool,
 }
 
@@ -196,79 +201,90 @@ enum Trigger {
 }
 
 /// Turns a [`Feed`] into the response stream described in the module docs.
-fn feed_stream<Fp, T>(
+///
+/// The first message is built before the stream is returned, so a caller
+/// with no identity gets its error as the answer to the call itself (a
+/// trailers-only response, as SPIRE gives) rather than after the headers.
+async fn feed_stream<Fp, T>(
     feed: Feed<Fp, T>,
     changes: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
-) -> ResponseStream<T>
+) -> Result<ResponseStream<T>, Status>
 where
     Fp: PartialEq + Clone + Send + Sync + 'static,
     T: Send + 'static,
 {
+    let fp = (feed.fingerprint)().await.map_err(fail)?;
+    let (first, refresh_at) = (feed.build)(fp.clone()).await.map_err(fail)?;
     let state = FeedState {
         feed,
         changes,
         stop,
-        last: None,
-        refresh_at: None,
-        started: false,
+        first: Some(first),
+        last: fp,
+        refresh_at: refresh_at.map(deadline),
         done: false,
     };
-    Box::pin(futures::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        loop {
-            let trigger = if st.started {
+    Ok(Box::pin(futures::stream::unfold(
+        state,
+        |mut st| async move {
+            if let Some(first) = st.first.take() {
+                return Some((Ok(first), st));
+            }
+            if st.done {
+                return None;
+            }
+            loop {
                 let refresh_at = st.refresh_at;
-                let deadline = async move {
+                let refresh = async move {
                     match refresh_at {
                         Some(at) => tokio::time::sleep_until(at).await,
                         None => std::future::pending().await,
                     }
                 };
-                tokio::select! {
+                let trigger = tokio::select! {
                     _ = st.stop.wait_for(|stopped| *stopped) => return None,
                     changed = st.changes.changed() => match changed {
                         Ok(()) => Trigger::Changed,
                         // The identity service is gone: nothing more to say.
                         Err(_) => return None,
                     },
-                    () = deadline => Trigger::Refresh,
+                    () = refresh => Trigger::Refresh,
+                };
+                let fp = match (st.feed.fingerprint)().await {
+                    Ok(fp) => fp,
+                    Err(err) => {
+                        st.done = true;
+                        return Some((Err(fail(err)), st));
+                    }
+                };
+                if matches!(trigger, Trigger::Changed) && st.last == fp {
+                    continue;
                 }
-            } else {
-                st.started = true;
-                Trigger::Refresh
-            };
-            let fp = match (st.feed.fingerprint)().await {
-                Ok(fp) => fp,
-                Err(err) => {
-                    st.done = true;
-                    return Some((Err(fail(err)), st));
-                }
-            };
-            if matches!(trigger, Trigger::Changed) && st.last.as_ref() == Some(&fp) {
-                continue;
-            }
-            match (st.feed.build)(fp.clone()).await {
-                Ok((message, refresh_at)) => {
-                    st.last = Some(fp);
-                    st.refresh_at = refresh_at.map(|at| {
-                        let wait = at
-                            .duration_since(SystemTime::now())
-                            .unwrap_or(Duration::ZERO)
-                            .max(MIN_REFRESH);
-                        tokio::time::Instant::now() + wait
-                    });
-                    return Some((Ok(message), st));
-                }
-                Err(err) => {
-                    st.done = true;
-                    return Some((Err(fail(err)), st));
+                match (st.feed.build)(fp.clone()).await {
+                    Ok((message, refresh_at)) => {
+                        st.last = fp;
+                        st.refresh_at = refresh_at.map(deadline);
+                        return Some((Ok(message), st));
+                    }
+                    Err(err) => {
+                        st.done = true;
+                        return Some((Err(fail(err)), st));
+                    }
                 }
             }
-        }
-    }))
+        },
+    )))
+}
+
+/// The timer instant for a wall-clock refresh time, never sooner than
+/// [`MIN_REFRESH`] from now.
+fn deadline(at: SystemTime) -> tokio::time::Instant {
+    let wait = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+        .max(MIN_REFRESH);
+    tokio::time::Instant::now() + wait
 }
 
 // === impl SpiffeWorkloadApi for WorkloadApi ===
@@ -326,7 +342,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
             fingerprint: Box::new(fingerprint),
             build: Box::new(build),
         };
-        Ok(Response::new(feed_stream(feed, changes, self.stop.clone())))
+        Ok(Response::new(
+            feed_stream(feed, changes, self.stop.clone()).await?,
+        ))
     }
 
     async fn fetch_x509_bundles(
@@ -358,7 +376,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
             fingerprint: Box::new(fingerprint),
             build: Box::new(build),
         };
-        Ok(Response::new(feed_stream(feed, changes, self.stop.clone())))
+        Ok(Response::new(
+            feed_stream(feed, changes, self.stop.clone()).await?,
+        ))
     }
 
     async fn fetch_jwtsvid(
@@ -416,7 +436,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
             fingerprint: Box::new(fingerprint),
             build: Box::new(build),
         };
-        Ok(Response::new(feed_stream(feed, changes, self.stop.clone())))
+        Ok(Response::new(
+            feed_stream(feed, changes, self.stop.clone()).await?,
+        ))
     }
 
     async fn validate_jwtsvid(
@@ -488,7 +510,7 @@ fn to_value(value: serde_json::Value) -> prost_types::Value {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
 
@@ -507,7 +529,10 @@ mod tests {
             s.fields["sub"].kind,
             Some(Kind::StringValue("spiffe://example.org/a".into()))
         );
-        assert_eq!(s.fields["exp"].kind, Some(Kind::NumberValue(1_700_000_000.0)));
+        assert_eq!(
+            s.fields["exp"].kind,
+            Some(Kind::NumberValue(1_700_000_000.0))
+        );
         let Some(Kind::ListValue(aud)) = &s.fields["aud"].kind else {
             unreachable!()
         };

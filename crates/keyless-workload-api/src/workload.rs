@@ -76,7 +76,9 @@ impl Workloads {
                     .map_err(|_| WorkloadApiError::Internal("attestation task failed"))?
                     .map_err(WorkloadApiError::from)
             }
-            None => Err(WorkloadApiError::Attestation(crate::attest::AttestError::NoPid)),
+            None => Err(WorkloadApiError::Attestation(
+                crate::attest::AttestError::NoPid,
+            )),
         };
         let attestation = match attestation {
             Ok(a) => a,
@@ -98,8 +100,12 @@ impl Workloads {
                 selectors = %selector_texts(&attestation.selectors).join(","),
                 "no registration entry matches the caller"
             );
-            self.denied(&attestation.selectors, Some(attestation.pid), &err.to_string())
-                .await;
+            self.denied(
+                &attestation.selectors,
+                Some(attestation.pid),
+                &err.to_string(),
+            )
+            .await;
             return Err(err);
         }
         Ok(Caller {
@@ -192,7 +198,11 @@ impl Workloads {
     }
 
     /// Validates a JWT-SVID for `audience` on behalf of a caller.
-    pub fn validate(&self, svid: &str, audience: &str) -> Result<ValidatedJwtSvid, WorkloadApiError> {
+    pub fn validate(
+        &self,
+        svid: &str,
+        audience: &str,
+    ) -> Result<ValidatedJwtSvid, WorkloadApiError> {
         if audience.is_empty() {
             return Err(WorkloadApiError::AudienceMissing);
         }
@@ -235,7 +245,12 @@ impl Workloads {
     }
 }
 
-fn issued_event(caller: &Caller, spiffe_id: &SpiffeId, kind: &str, expires_at: SystemTime) -> Event {
+fn issued_event(
+    caller: &Caller,
+    spiffe_id: &SpiffeId,
+    kind: &str,
+    expires_at: SystemTime,
+) -> Event {
     let mut event = Event::new("svid.issued", Outcome::Success)
         .agent(spiffe_id.to_string())
         .detail("kind", kind)
@@ -311,7 +326,11 @@ mod tests {
     #[test]
     fn jwt_id_reads_the_payload() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let token = format!("{}.{}.sig", b64(r#"{"alg":"ES256"}"#), b64(r#"{"jti":"abc"}"#));
+        let token = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"ES256"}"#),
+            b64(r#"{"jti":"abc"}"#)
+        );
         assert_eq!(jwt_id(&token).as_deref(), Some("abc"));
         assert_eq!(jwt_id("garbage"), None);
     }

@@ -103,6 +103,7 @@ fn identity_error(e: IdentityError) -> Response {
         IdentityError::Conflict(_) => StatusCode::CONFLICT,
         IdentityError::NotFound(_) => StatusCode::NOT_FOUND,
         IdentityError::TrustDomainMismatch { .. }
+        | IdentityError::InvalidConfig(_)
         | IdentityError::NoAuthority(_)
         | IdentityError::Certificate(_)
         | IdentityError::Corrupt(_)
@@ -111,7 +112,10 @@ fn identity_error(e: IdentityError) -> Response {
         | IdentityError::Database(_)
         | IdentityError::Audit(_) => {
             tracing::error!(error = %e, "admin request failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error (see the server log)",
+            );
         }
     };
     error(status, e)
@@ -128,10 +132,10 @@ pub struct Reply {
 impl Reply {
     /// The server's `error` message, or the status.
     pub fn error_message(&self) -> String {
-        self.body
-            .get("error")
-            .and_then(|e| e.as_str())
-            .map_or_else(|| format!("admin API answered {}", self.status), str::to_owned)
+        self.body.get("error").and_then(|e| e.as_str()).map_or_else(
+            || format!("admin API answered {}", self.status),
+            str::to_owned,
+        )
     }
 }
 
@@ -143,13 +147,15 @@ pub async fn call(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<Reply> {
     let socket = data_dir.join("admin.sock");
-    let stream = tokio::net::UnixStream::connect(&socket).await.with_context(|| {
-        format!(
-            "cannot reach the fabric at `{}` (is `keyless up --data-dir {}` running?)",
-            socket.display(),
-            data_dir.display()
-        )
-    })?;
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the fabric at `{}` (is `keyless up --data-dir {}` running?)",
+                socket.display(),
+                data_dir.display()
+            )
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("admin socket handshake failed")?;

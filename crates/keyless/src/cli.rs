@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config;
 
 #[derive(Debug, Parser)]
-#[command(name = "keyless", version, about = "Keyless: a zero-trust, secretless identity fabric for AI agents")]
+#[command(
+    name = "keyless",
+    version,
+    about = "Keyless: a zero-trust, secretless identity fabric for AI agents"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -93,7 +93,8 @@ impl Config {
         // Flags (and their KEYLESS_* env, handled by clap) win over the file,
         // but clap fills defaults, so the file wins over a defaulted flag.
         let data_dir = if args.data_dir.data_dir == Path::new(DEFAULT_DATA_DIR) {
-            file.data_dir.unwrap_or_else(|| args.data_dir.data_dir.clone())
+            file.data_dir
+                .unwrap_or_else(|| args.data_dir.data_dir.clone())
         } else {
             args.data_dir.data_dir.clone()
         };
@@ -110,13 +111,18 @@ impl Config {
             database_url: args.database_url.clone().or(file.database_url),
             ca_ttl: env_duration(ENV_CA_TTL)?
                 .or(file_duration("identity.ca_ttl", &file.identity.ca_ttl)?),
-            jwt_key_ttl: env_duration(ENV_JWT_KEY_TTL)?
-                .or(file_duration("identity.jwt_key_ttl", &file.identity.jwt_key_ttl)?),
+            jwt_key_ttl: env_duration(ENV_JWT_KEY_TTL)?.or(file_duration(
+                "identity.jwt_key_ttl",
+                &file.identity.jwt_key_ttl,
+            )?),
             default_x509_ttl: file_duration(
                 "identity.default_x509_ttl",
                 &file.identity.default_x509_ttl,
             )?,
-            default_jwt_ttl: file_duration("identity.default_jwt_ttl", &file.identity.default_jwt_ttl)?,
+            default_jwt_ttl: file_duration(
+                "identity.default_jwt_ttl",
+                &file.identity.default_jwt_ttl,
+            )?,
         })
     }
 }

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use keyless_audit::AuditLog;
 use keyless_identity::Identity;
 
@@ -59,8 +59,5 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         s.started.elapsed().as_secs_f64(),
         s.identity.x509_authorities().len(),
     );
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -49,10 +49,14 @@ pub async fn run(args: UpArgs) -> CliResult {
     // The trust domain is fixed at first start; later starts read it back.
     let trust_domain = match trust_domain {
         Some(td) => td,
-        None => match store.get_meta("trust_domain").await.context("reading the store")? {
-            Some(td) => td.parse().map_err(|e| {
-                anyhow::anyhow!("stored trust domain `{td}` is invalid: {e}")
-            })?,
+        None => match store
+            .get_meta("trust_domain")
+            .await
+            .context("reading the store")?
+        {
+            Some(td) => td
+                .parse()
+                .map_err(|e| anyhow::anyhow!("stored trust domain `{td}` is invalid: {e}"))?,
             None => config::DEFAULT_TRUST_DOMAIN
                 .parse()
                 .map_err(|e| anyhow::anyhow!("default trust domain: {e}"))?,
@@ -62,7 +66,9 @@ pub async fn run(args: UpArgs) -> CliResult {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on `{}`", config.listen))?;
-    let local = listener.local_addr().context("reading the listen address")?;
+    let local = listener
+        .local_addr()
+        .context("reading the listen address")?;
     let public_url = config
         .public_url
         .clone()
@@ -70,9 +76,13 @@ pub async fn run(args: UpArgs) -> CliResult {
         .trim_end_matches('/')
         .to_owned();
 
-    let audit = AuditLog::open(store.clone(), keys.clone(), format!("{trust_domain}/keyless-audit"))
-        .await
-        .context("cannot open the audit log")?;
+    let audit = AuditLog::open(
+        store.clone(),
+        keys.clone(),
+        format!("{trust_domain}/keyless-audit"),
+    )
+    .await
+    .context("cannot open the audit log")?;
 
     let mut identity_config = IdentityConfig::new(trust_domain.clone(), public_url.clone());
     if let Some(d) = config.ca_ttl {
@@ -193,7 +203,8 @@ fn restrict_db_files(dir: &Path) {
     for name in ["keyless.db", "keyless.db-wal", "keyless.db-shm"] {
         let path = dir.join(name);
         if path.exists() {
-            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            {
                 tracing::warn!(path = %path.display(), error = %e, "cannot restrict database file");
             }
         }

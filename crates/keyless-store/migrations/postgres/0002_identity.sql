@@ -4,6 +4,7 @@
 
 -- Registration entries. selectors is a JSON array of "kind:key:value"
 -- strings; parent_id is '' when absent.
+-- admin is 0 or 1: sqlx Any cannot decode SQLite BOOLEAN columns.
 CREATE TABLE identity_entries (
     id TEXT PRIMARY KEY,
     spiffe_id TEXT NOT NULL,
@@ -12,7 +13,7 @@ CREATE TABLE identity_entries (
     x509_ttl_secs BIGINT NOT NULL,
     jwt_ttl_secs BIGINT NOT NULL,
     hint TEXT NOT NULL,
-    admin BOOLEAN NOT NULL,
+    admin BIGINT NOT NULL,
     created_at BIGINT NOT NULL
 );
 

@@ -14,16 +14,16 @@ use crate::{CliError, CliResult, admin};
 pub async fn run(cmd: EntryCommand) -> CliResult {
     match cmd {
         EntryCommand::Create(a) => {
-            let spiffe_id: SpiffeId = a
-                .spiffe_id
-                .parse()
-                .map_err(|e| CliError::Usage(format!("invalid SPIFFE ID `{}`: {e}", a.spiffe_id)))?;
+            let spiffe_id: SpiffeId = a.spiffe_id.parse().map_err(|e| {
+                CliError::Usage(format!("invalid SPIFFE ID `{}`: {e}", a.spiffe_id))
+            })?;
             let parent_id: Option<SpiffeId> = a
                 .parent_id
                 .as_deref()
                 .map(|p| {
-                    p.parse()
-                        .map_err(|e| CliError::Usage(format!("invalid parent SPIFFE ID `{p}`: {e}")))
+                    p.parse().map_err(|e| {
+                        CliError::Usage(format!("invalid parent SPIFFE ID `{p}`: {e}"))
+                    })
                 })
                 .transpose()?;
             let selectors = a
@@ -58,10 +58,15 @@ pub async fn run(cmd: EntryCommand) -> CliResult {
                 "hint": a.hint,
                 "admin": a.admin,
             });
-            let reply = admin::call(&a.data_dir.data_dir, "POST", "/v1/entries", Some(body)).await?;
+            let reply =
+                admin::call(&a.data_dir.data_dir, "POST", "/v1/entries", Some(body)).await?;
             match reply.status {
                 201 => {
-                    let id = reply.body.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+                    let id = reply
+                        .body
+                        .get("id")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default();
                     println!("{id}");
                     Ok(())
                 }
@@ -75,24 +80,47 @@ pub async fn run(cmd: EntryCommand) -> CliResult {
                 return Err(CliError::Failed(anyhow::anyhow!(reply.error_message())));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&reply.body).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reply.body).unwrap_or_default()
+                );
                 return Ok(());
             }
             let entries = reply.body.as_array().cloned().unwrap_or_default();
             println!("{:<36}  {:<48}  SELECTORS", "ID", "SPIFFE ID");
             for e in entries {
-                let field = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                let field = |k: &str| {
+                    e.get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
                 let selectors = e
                     .get("selectors")
                     .and_then(|v| v.as_array())
-                    .map(|a| a.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(" "))
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
                     .unwrap_or_default();
-                println!("{:<36}  {:<48}  {selectors}", field("id"), field("spiffe_id"));
+                println!(
+                    "{:<36}  {:<48}  {selectors}",
+                    field("id"),
+                    field("spiffe_id")
+                );
             }
             Ok(())
         }
         EntryCommand::Delete { data_dir, id } => {
-            let reply = admin::call(&data_dir.data_dir, "DELETE", &format!("/v1/entries/{id}"), None).await?;
+            let reply = admin::call(
+                &data_dir.data_dir,
+                "DELETE",
+                &format!("/v1/entries/{id}"),
+                None,
+            )
+            .await?;
             match reply.status {
                 200 => {
                     println!("deleted {id}");

@@ -13,12 +13,19 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Entry(c) => entry::run(c).await,
         Command::Svid(c) => svid::run(c).await,
         Command::Ca(CaCommand::Rotate { data_dir, jwt }) => {
-            let path = if jwt { "/v1/ca/rotate?jwt=true" } else { "/v1/ca/rotate" };
+            let path = if jwt {
+                "/v1/ca/rotate?jwt=true"
+            } else {
+                "/v1/ca/rotate"
+            };
             let reply = admin::call(&data_dir.data_dir, "POST", path, None).await?;
             if reply.status != 200 {
                 return Err(CliError::Failed(anyhow::anyhow!(reply.error_message())));
             }
-            println!("rotated {}", if jwt { "JWT signing key" } else { "X.509 CA" });
+            println!(
+                "rotated {}",
+                if jwt { "JWT signing key" } else { "X.509 CA" }
+            );
             Ok(())
         }
         Command::Audit(c) => audit::run(c).await,

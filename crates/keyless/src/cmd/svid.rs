@@ -55,8 +55,10 @@ pub async fn connect(path: &Path) -> anyhow::Result<SpiffeWorkloadApiClient<Chan
 
 fn request<T>(message: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
-    req.metadata_mut()
-        .insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
+    req.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
     req
 }
 
@@ -108,7 +110,10 @@ async fn fetch(args: SvidFetchArgs) -> CliResult {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create `{}`", args.out.display()))?;
     let certs = split_der_certificates(&svid.x509_svid)?;
-    let chain: String = certs.iter().map(|c| pem::encode("CERTIFICATE", c)).collect();
+    let chain: String = certs
+        .iter()
+        .map(|c| pem::encode("CERTIFICATE", c))
+        .collect();
     let bundle: String = split_der_certificates(&svid.bundle)?
         .iter()
         .map(|c| pem::encode("CERTIFICATE", c))
@@ -142,7 +147,9 @@ pub fn split_der_certificates(mut der: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     while !der.is_empty() {
         let len = der_element_len(der).context("malformed DER certificate list")?;
-        let (cert, rest) = der.split_at_checked(len).context("truncated DER certificate")?;
+        let (cert, rest) = der
+            .split_at_checked(len)
+            .context("truncated DER certificate")?;
         out.push(cert.to_vec());
         der = rest;
     }
