@@ -4,9 +4,10 @@
 # Node. Sourced, not executed; every function returns non-zero on failure and
 # says why on stderr, so the caller decides whether that fails the run.
 
-# Prints a step header that stands out in a long CI log.
+# Prints a step header that stands out in a long CI log, with the seconds
+# since the run started (set START=$(date +%s) first) to see where time goes.
 header() {
-    printf '\n==== %s ====\n' "$*"
+    printf '\n==== %s ==== [+%ss]\n' "$*" "$(($(date +%s) - ${START:-$(date +%s)}))"
 }
 
 note() {

@@ -4,7 +4,10 @@ X509-SVID, JWT-SVID, both bundles, JWT validation, and caller attestation
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import time
 
 import grpc
 import pytest
@@ -57,8 +60,7 @@ def test_py_spiffe_fetches_and_validates_jwt_svid(fabric, own_uid_selector, work
 
     jwt_svid = client.fetch_jwt_svid(audience={"interop-test"})
     assert str(jwt_svid.spiffe_id) == SPIFFE_ID
-    aud = jwt_svid.audience
-    assert (list(aud) if not isinstance(aud, str) else [aud]) == ["interop-test"]
+    assert jwt_svid.audience == {"interop-test"}
 
     # Through the Workload API's ValidateJWTSVID.
     validated = client.validate_jwt_svid(jwt_svid.token, "interop-test")
@@ -73,8 +75,10 @@ def test_py_spiffe_fetches_and_validates_jwt_svid(fabric, own_uid_selector, work
     assert bundle.jwt_authorities, "empty JWT bundle"
     parsed = JwtSvid.parse_and_validate(jwt_svid.token, bundle, {"interop-test"})
     assert parsed.spiffe_id == SpiffeId(SPIFFE_ID)
-    assert parsed.claims["sub"] == SPIFFE_ID
-    assert "exp" in parsed.claims and "iat" in parsed.claims
+    claims = _claims(jwt_svid.token)
+    assert claims["sub"] == SPIFFE_ID
+    assert "iat" in claims and claims["exp"] == parsed.expiry
+    assert 0 < parsed.expiry - time.time() <= 5 * 60 + 5, "default JWT-SVID TTL is 5 min"
 
     # A tampered signature does not validate.
     head, body, sig = jwt_svid.token.split(".")
@@ -178,6 +182,11 @@ def test_deleted_entry_stops_issuing(fabric, own_uid_selector, raw_api_factory):
 
 
 # --- helpers ---
+
+
+def _claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 def _sha256():

@@ -93,7 +93,7 @@ fn appends(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
-    for writers in [1u64, 256] {
+    for writers in [1u64, 256, 1024] {
         g.bench_function(
             BenchmarkId::new("sqlite_durable_group_commit", format!("{writers}_writers")),
             |b| {

@@ -10,18 +10,20 @@
 //! - `GET /spiffe/keys`: the JWKS that document points at.
 //!
 //! Everything here is public by design: bundles are trust anchors, not
-//! secrets. Nothing here can fail on input, so there is no error mapping.
+//! secrets. These routes cannot fail on input; [`error_status`] and
+//! [`error_response`] are the crate's one mapping of [`IdentityError`] to
+//! HTTP, for the admin API that serves entries.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::Identity;
+use crate::{Identity, IdentityError};
 
 /// The routes, to be merged into the fabric's one listener.
 pub fn router(identity: Arc<Identity>) -> Router {
@@ -69,4 +71,46 @@ async fn discovery(State(identity): State<Arc<Identity>>) -> Response {
 
 async fn keys(State(identity): State<Arc<Identity>>) -> Response {
     json_response(identity.oidc_jwks(), identity.refresh_hint().as_secs())
+}
+
+/// The HTTP status for an identity error.
+pub fn error_status(error: &IdentityError) -> StatusCode {
+    match error {
+        IdentityError::SpiffeId(_)
+        | IdentityError::Selector { .. }
+        | IdentityError::InvalidEntry(_)
+        | IdentityError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        IdentityError::InvalidJwt(_) => StatusCode::UNAUTHORIZED,
+        IdentityError::NotFound(_) => StatusCode::NOT_FOUND,
+        IdentityError::Conflict(_) => StatusCode::CONFLICT,
+        // No signing authority or no audit log: the action cannot be done
+        // (or cannot be recorded) right now; retrying later may work.
+        IdentityError::NoAuthority(_) | IdentityError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
+        IdentityError::TrustDomainMismatch { .. }
+        | IdentityError::InvalidConfig(_)
+        | IdentityError::Certificate(_)
+        | IdentityError::Corrupt(_)
+        | IdentityError::Crypto(_)
+        | IdentityError::Store(_)
+        | IdentityError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `{"error": "..."}` with [`error_status`]. Client errors say what was
+/// wrong with the request; server errors are logged here and answered with a
+/// generic message, so database or key-store details never reach a caller.
+pub fn error_response(error: &IdentityError) -> Response {
+    let status = error_status(error);
+    let message = if status.is_server_error() {
+        tracing::error!(error = %error, "identity request failed");
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                "identity service temporarily unavailable".to_owned()
+            }
+            _ => "internal error".to_owned(),
+        }
+    } else {
+        error.to_string()
+    };
+    (status, axum::Json(json!({ "error": message }))).into_response()
 }

@@ -26,6 +26,6 @@ mod svid;
 pub use entry::{NewEntry, RegistrationEntry};
 pub use error::IdentityError;
 pub use selector::Selector;
-pub use service::{Identity, IdentityConfig};
+pub use service::{Identity, IdentityConfig, MAX_ENTRY_TTL, TRUST_DOMAIN_META_KEY};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{JwtSvid, ValidatedJwtSvid, X509Svid};

@@ -60,6 +60,15 @@ pub(crate) struct Plan {
     pub wake_at: Option<i64>,
 }
 
+// === impl Plan ===
+
+impl Plan {
+    /// Nothing to prepare, activate or prune.
+    pub(crate) fn is_noop(&self) -> bool {
+        !self.prepare && self.activate.is_none() && self.prune.is_empty()
+    }
+}
+
 fn life(a: &Lifecycle) -> i64 {
     a.not_after.saturating_sub(a.not_before).max(0)
 }

@@ -202,7 +202,7 @@ impl Identity {
 
     /// The JWT-SVID issuer and OIDC discovery base, `{public_url}/spiffe`.
     pub fn issuer(&self) -> String {
-        format!("{}/spiffe", self.config.public_url)
+        format!("{}/spiffe", self.config.public_url.trim_end_matches('/'))
     }
 
     fn snapshot(&self) -> Arc<State> {
@@ -633,12 +633,7 @@ impl Identity {
                 .collect(),
         };
         let plan = rotation::plan(&lifecycles, millis(now), force);
-        if plan
-            == (Plan {
-                wake_at: plan.wake_at,
-                ..Plan::default()
-            })
-        {
+        if plan.is_noop() {
             return Ok(plan.wake_at);
         }
         match kind {

@@ -145,3 +145,45 @@ async fn unknown_spiffe_paths_are_not_found() {
     let (status, _, _) = get(&f.identity, "/spiffe/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn errors_map_to_statuses_without_leaking_internals() {
+    use keyless_identity::IdentityError;
+    use keyless_identity::http::{error_response, error_status};
+    assert_eq!(
+        error_status(&IdentityError::NotFound("x".into())),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        error_status(&IdentityError::Conflict("x".into())),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        error_status(&IdentityError::InvalidEntry("x".into())),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        error_status(&IdentityError::InvalidJwt("x".into())),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        error_status(&IdentityError::NoAuthority("x509 ca")),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let client = error_response(&IdentityError::NotFound("abc".into()));
+    let body = client.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"error": "registration entry `abc` not found"})
+    );
+    let server = error_response(&IdentityError::Corrupt(
+        "table identity_x509_cas row 7".into(),
+    ));
+    assert_eq!(server.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = server.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"error": "internal error"})
+    );
+}

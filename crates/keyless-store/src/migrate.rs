@@ -32,6 +32,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_meta"),
     migration!(2, "0002_identity"),
     migration!(3, "0003_audit"),
+    migration!(4, "0004_sts"),
 ];
 
 pub(crate) async fn current_version(store: &Store) -> Result<i64, StoreError> {

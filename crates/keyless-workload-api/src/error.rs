@@ -19,6 +19,11 @@ pub enum WorkloadApiError {
     NotASocket(PathBuf),
     #[error("another server is already listening on `{0}`")]
     InUse(PathBuf),
+    #[error("invalid workload api endpoint `{address}`: {reason}")]
+    InvalidEndpoint {
+        address: String,
+        reason: &'static str,
+    },
     #[error("grpc transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// The request lacks `workload.spiffe.io: true` (the SPIFFE guard

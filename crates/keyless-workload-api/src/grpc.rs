@@ -160,6 +160,7 @@ fn status(err: &WorkloadApiError) -> Status {
         | WorkloadApiError::Socket { .. }
         | WorkloadApiError::NotASocket(_)
         | WorkloadApiError::InUse(_)
+        | WorkloadApiError::InvalidEndpoint { .. }
         | WorkloadApiError::Transport(_) => Status::internal("internal error"),
     }
 }

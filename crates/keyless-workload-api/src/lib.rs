@@ -10,11 +10,13 @@
 //! every change, so a workload never holds a long-lived secret.
 //!
 //! Layout: [`attest`] (domain: `/proc` → selectors), `workload` (domain:
-//! entries, minting, audit events), `grpc` (the only module that knows
-//! tonic), [`proto`] (generated from `proto/workload.proto`, client and
-//! server, public so the binary's `keyless svid fetch` can use the client).
+//! entries, minting, audit events), `grpc` (the server: the only module that
+//! maps decisions to the wire), [`client`] (connect + security header, for
+//! `keyless svid fetch` and the agent host), [`proto`] (generated from
+//! `proto/workload.proto`, client and server).
 
 pub mod attest;
+pub mod client;
 mod error;
 mod grpc;
 mod workload;

@@ -1,7 +1,8 @@
 //! End-to-end tests of the Workload API: a real `Identity` (temporary SQLite
 //! store, file key manager, in-memory audit sink), the server on a temporary
 //! Unix socket, and the generated tonic client. The caller attested is this
-//! test process itself, so entries select its own uid or binary hash.
+//! test process itself, so entries select its own uid or binary hash. The
+//! client is the crate's own `client` module (tonic over the Unix socket).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,13 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use keyless_audit::{MemorySink, Outcome};
 use keyless_identity::{
     Identity, IdentityConfig, NewEntry, RegistrationEntry, Selector, SpiffeId, TrustDomain,
 };
 use keyless_store::{FileKeyManager, Store};
-use keyless_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use keyless_workload_api::client::{WorkloadApiClient, request as req};
 use keyless_workload_api::proto::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
     X509svidResponse,
@@ -29,7 +29,6 @@ use keyless_workload_api::proto::{
 use keyless_workload_api::{SECURITY_HEADER, WorkloadApi, WorkloadApiError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request};
 
 /// Bound on every wait for a stream message, so a broken stream fails the
@@ -81,7 +80,7 @@ impl Fabric {
         }
     }
 
-    async fn client(&self) -> SpiffeWorkloadApiClient<Channel> {
+    async fn client(&self) -> WorkloadApiClient {
         client(&self.socket).await
     }
 
@@ -115,30 +114,8 @@ async fn wait_for_socket(path: &Path) {
     panic!("workload api socket never came up");
 }
 
-async fn client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_owned();
-    // The URI is ignored: the connector always dials the Unix socket.
-    let channel = Endpoint::try_from("http://workload.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
-}
-
-/// A request carrying the SPIFFE security header.
-fn req<T>(body: T) -> Request<T> {
-    let mut request = Request::new(body);
-    request
-        .metadata_mut()
-        .insert(SECURITY_HEADER, "true".parse().unwrap());
-    request
+async fn client(socket: &Path) -> WorkloadApiClient {
+    keyless_workload_api::client::connect(socket).await.unwrap()
 }
 
 fn spiffe_id(name: &str) -> SpiffeId {
@@ -794,5 +771,34 @@ async fn stale_socket_is_replaced_and_a_live_one_is_not() {
     let err = api.serve(&file, async {}).await.unwrap_err();
     assert!(matches!(err, WorkloadApiError::NotASocket(_)), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    fabric.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_disconnected_stream_stops_minting() {
+    let fabric = Fabric::start().await;
+    fabric.entry("agent", vec![own_uid_selector()]).await;
+    let mut client = fabric.client().await;
+    let mut svids = client
+        .fetch_x509svid(req(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut svids).await.unwrap().unwrap();
+    drop(svids);
+    drop(client);
+    // Give the server a moment to see the connection close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A change that a live stream would answer with fresh SVIDs.
+    fabric.identity.rotate_x509_ca().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let issued = fabric
+        .events
+        .events()
+        .iter()
+        .filter(|e| e.kind == "svid.issued")
+        .count();
+    assert_eq!(issued, 1, "a stream outlived its client");
     fabric.stop().await.unwrap();
 }

@@ -35,19 +35,7 @@ async fn main() {
         let socket = socket.clone();
         let kind = kind.clone();
         tasks.push(tokio::spawn(async move {
-            let channel = Endpoint::try_from("http://workload.api")
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let socket = socket.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                            tokio::net::UnixStream::connect(socket).await?,
-                        ))
-                    }
-                }))
-                .await
-                .unwrap();
-            let mut client = SpiffeWorkloadApiClient::new(channel);
+            let mut client = client::connect(std::path::Path::new(&socket)).await.unwrap();
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();

@@ -8,9 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use keyless_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use keyless_workload_api::client::{self, request};
 use keyless_workload_api::proto::{JwtsvidRequest, X509svidRequest};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{SvidCommand, SvidFetchArgs};
 use crate::{CliError, CliResult, pem};
@@ -29,37 +28,8 @@ fn socket_path(args: &SvidFetchArgs) -> CliResult<PathBuf> {
         .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok());
     match uri {
         None => Ok(args.data_dir.data_dir.join("workload.sock")),
-        Some(uri) => match uri.strip_prefix("unix://") {
-            Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
-            _ => Err(CliError::Usage(format!(
-                "invalid Workload API address `{uri}`: use unix:///absolute/path"
-            ))),
-        },
+        Some(uri) => client::socket_path(&uri).map_err(|e| CliError::Usage(e.to_string())),
     }
-}
-
-pub async fn connect(path: &Path) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
-    let path = path.to_owned();
-    // The URI is a placeholder: the connector below ignores it.
-    let channel = Endpoint::try_from("http://workload.api")?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await?;
-    Ok(SpiffeWorkloadApiClient::new(channel))
-}
-
-fn request<T>(message: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    req
 }
 
 fn status_error(status: tonic::Status) -> CliError {
@@ -72,7 +42,7 @@ fn status_error(status: tonic::Status) -> CliError {
 
 async fn fetch(args: SvidFetchArgs) -> CliResult {
     let path = socket_path(&args)?;
-    let mut client = connect(&path)
+    let mut client = client::connect(&path)
         .await
         .with_context(|| format!("cannot connect to the Workload API at `{}`", path.display()))?;
     if !args.audience.is_empty() {

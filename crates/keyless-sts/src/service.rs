@@ -1,0 +1,526 @@
+//! The [`Sts`] service: its signing keys and JWKS, user access tokens,
+//! consents, single-use consumption and client authentication. The token
+//! exchange itself is in `exchange.rs`.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keyless_audit::{Event, EventSink, Outcome};
+use keyless_identity::Identity;
+use keyless_store::{KeyAlgorithm, KeyManager, Store, StoreError, now_millis};
+use serde_json::{Value, json};
+
+use crate::db::{self, Consent, KeyRow};
+use crate::policy::PolicyStore;
+use crate::rar::RarRegistry;
+use crate::token::{
+    self, AccessTokenClaims, Expect, KeyState, MayAct, SigningKey, StringList, random_id,
+};
+use crate::{StsConfig, StsError};
+
+/// `client_assertion_type` of the SPIFFE client authentication draft.
+pub const CLIENT_ASSERTION_TYPE_JWT_SPIFFE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
+/// How often an unknown `kid` may trigger a reload of the key ring from
+/// the store (another replica may have rotated); bounded so that forged
+/// kids cannot turn into a query per request.
+const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Event types of the STS.
+pub mod kinds {
+    pub const TOKEN_ISSUED: &str = "token.issued";
+    pub const TOKEN_EXCHANGE_SUCCESS: &str = "token_exchange.success";
+    pub const TOKEN_EXCHANGE_DENIED: &str = "token_exchange.denied";
+    pub const TOKEN_EXCHANGE_ERROR: &str = "token_exchange.error";
+    pub const TOKEN_CONSUMED: &str = "token.consumed";
+    pub const TOKEN_REPLAY_DENIED: &str = "token.replay_denied";
+    pub const CONSENT_GRANTED: &str = "consent.granted";
+    pub const CONSENT_REVOKED: &str = "consent.revoked";
+    pub const STS_KEY_ROTATED: &str = "sts_key.rotated";
+}
+
+pub(crate) fn unix_now() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+pub(crate) fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// What a user access token is minted for (the sign-in flow fills it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserTokenRequest {
+    /// The user's stable subject identifier.
+    pub subject: String,
+    pub email: Option<String>,
+    pub client_id: String,
+    pub session_id: Option<String>,
+    pub scope: Option<String>,
+    /// Audiences; empty means the STS itself (the token is then good as a
+    /// token-exchange subject).
+    pub audience: Vec<String>,
+    /// The agents (SPIFFE IDs) the user allowed to act for them.
+    pub may_act: Vec<String>,
+    /// When the user authenticated (Unix seconds); defaults to now.
+    pub auth_time: Option<i64>,
+}
+
+/// A minted token.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub claims: AccessTokenClaims,
+    pub expires_in: i64,
+}
+
+/// A confidential client that authenticated with its JWT-SVID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedClient {
+    pub client_id: String,
+    pub spiffe_id: String,
+    /// Its canonical URI: actor tokens it relays may carry it as audience.
+    pub uri: String,
+}
+
+/// The security token service. Create with [`Sts::open`].
+#[derive(Debug)]
+pub struct Sts {
+    pub(crate) store: Store,
+    keys: Arc<dyn KeyManager>,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) config: StsConfig,
+    pub(crate) rar: RarRegistry,
+    pub(crate) policies: Arc<PolicyStore>,
+    ring: RwLock<Arc<Vec<Arc<SigningKey>>>>,
+    last_refresh: Mutex<Option<Instant>>,
+    rotate: tokio::sync::Mutex<()>,
+}
+
+// === impl Sts ===
+
+impl Sts {
+    /// Opens the STS with the built-in RAR types and the embedded default
+    /// policies; creates its first signing key if the store has none.
+    pub async fn open(
+        store: Store,
+        keys: Arc<dyn KeyManager>,
+        identity: Arc<Identity>,
+        events: Arc<dyn EventSink>,
+        config: StsConfig,
+    ) -> Result<Arc<Self>, StsError> {
+        let policies = Arc::new(PolicyStore::with_defaults()?);
+        Self::open_with(store, keys, identity, events, config, RarRegistry::builtin()?, policies)
+            .await
+    }
+
+    /// Opens the STS with a given RAR registry and policy store (e.g. one
+    /// loaded from, and watching, a policy directory).
+    pub async fn open_with(
+        store: Store,
+        keys: Arc<dyn KeyManager>,
+        identity: Arc<Identity>,
+        events: Arc<dyn EventSink>,
+        config: StsConfig,
+        rar: RarRegistry,
+        policies: Arc<PolicyStore>,
+    ) -> Result<Arc<Self>, StsError> {
+        config.validate()?;
+        let sts = Arc::new(Self {
+            store,
+            keys,
+            identity,
+            events,
+            config,
+            rar,
+            policies,
+            ring: RwLock::new(Arc::new(Vec::new())),
+            last_refresh: Mutex::new(None),
+            rotate: tokio::sync::Mutex::new(()),
+        });
+        sts.reload_keys().await?;
+        if sts.active_key().is_none() {
+            sts.rotate_signing_key().await?;
+        }
+        Ok(sts)
+    }
+
+    pub fn config(&self) -> &StsConfig {
+        &self.config
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    pub fn rar(&self) -> &RarRegistry {
+        &self.rar
+    }
+
+    pub fn policies(&self) -> &Arc<PolicyStore> {
+        &self.policies
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    // --- keys ---
+
+    fn ring(&self) -> Arc<Vec<Arc<SigningKey>>> {
+        match self.ring.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn active_key(&self) -> Option<Arc<SigningKey>> {
+        self.ring()
+            .iter()
+            .rev()
+            .find(|k| k.state == KeyState::Active && k.signer.is_some())
+            .cloned()
+    }
+
+    /// Re-reads the signing keys from the store (another replica may have
+    /// rotated).
+    pub async fn reload_keys(&self) -> Result<(), StsError> {
+        let rows = db::load_keys(&self.store).await?;
+        let mut ring = Vec::with_capacity(rows.len());
+        for row in rows {
+            let signer = match self.keys.load(&row.key_name).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(key = %row.key_name, error = %e, "sts signing key not loadable; it only verifies");
+                    None
+                }
+            };
+            ring.push(Arc::new(SigningKey {
+                generation: row.generation,
+                kid: row.kid,
+                public_key: row.public_key,
+                state: row.state,
+                signer,
+            }));
+        }
+        let ring = Arc::new(ring);
+        match self.ring.write() {
+            Ok(mut r) => *r = ring,
+            Err(poisoned) => *poisoned.into_inner() = ring,
+        }
+        Ok(())
+    }
+
+    /// Creates the next signing key generation and makes it the active one;
+    /// older keys stay in the JWKS so tokens they signed still verify.
+    pub async fn rotate_signing_key(&self) -> Result<(), StsError> {
+        let _guard = self.rotate.lock().await;
+        self.reload_keys().await?;
+        let generation = self.ring().iter().map(|k| k.generation).max().unwrap_or(0) + 1;
+        let name = token::key_name(generation);
+        let signer = match self.keys.generate(&name, KeyAlgorithm::EcdsaP256).await {
+            Ok(s) => s,
+            // Left over from a crash between generate and insert, or made
+            // by a replica racing us for the same generation: same key.
+            Err(StoreError::KeyExists(_)) => self.keys.load(&name).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let public_key = signer.public_key().to_vec();
+        let row = KeyRow {
+            generation,
+            kid: token::thumbprint(&public_key)?,
+            key_name: name,
+            public_key,
+            state: KeyState::Active,
+        };
+        let inserted = db::insert_active_key(&self.store, &row).await?;
+        self.reload_keys().await?;
+        if inserted {
+            self.events
+                .record(
+                    Event::new(kinds::STS_KEY_ROTATED, Outcome::Success)
+                        .detail("generation", generation)
+                        .detail("kid", row.kid.clone()),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The JWKS (`/oauth2/jwks`): every key, active and retired.
+    pub fn jwks(&self) -> Value {
+        let keys: Vec<Value> = self.ring().iter().filter_map(|k| k.jwk().ok()).collect();
+        json!({ "keys": keys })
+    }
+
+    /// Verifies one of our access tokens. `audience`: `Some(aud)` to require
+    /// it in `aud`. An unknown `kid` reloads the key ring at most every few
+    /// seconds, so a replica's rotation is picked up.
+    pub async fn verify_access_token(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<AccessTokenClaims, StsError> {
+        let expect = Expect {
+            issuer: &self.config.issuer,
+            audience,
+            leeway_secs: secs(self.config.leeway),
+            now: unix_now(),
+        };
+        let ring = self.ring();
+        if let Some(kid) = token::peek_kid(token)
+            && !ring.iter().any(|k| k.kid == kid)
+            && self.may_refresh()
+        {
+            self.reload_keys().await?;
+            return token::verify(&self.ring(), token, expect);
+        }
+        token::verify(&ring, token, expect)
+    }
+
+    fn may_refresh(&self) -> bool {
+        let Ok(mut last) = self.last_refresh.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match *last {
+            Some(t) if now.duration_since(t) < KEY_REFRESH_INTERVAL => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Signs `claims` with the active key.
+    pub(crate) fn sign(&self, claims: &AccessTokenClaims) -> Result<String, StsError> {
+        self.active_key()
+            .ok_or_else(|| StsError::Crypto("no active sts signing key".into()))?
+            .sign(claims)
+    }
+
+    // --- user access tokens ---
+
+    /// Mints an RFC 9068 access token for a signed-in user.
+    pub async fn mint_access_token(&self, req: &UserTokenRequest) -> Result<IssuedToken, StsError> {
+        if req.subject.is_empty() || req.client_id.is_empty() {
+            return Err(StsError::InvalidRequest(
+                "subject and client_id are required".into(),
+            ));
+        }
+        let now = unix_now();
+        let ttl = secs(self.config.access_token_ttl);
+        let audience = if req.audience.is_empty() {
+            vec![self.config.issuer.clone()]
+        } else {
+            req.audience.clone()
+        };
+        let claims = AccessTokenClaims {
+            iss: self.config.issuer.clone(),
+            sub: req.subject.clone(),
+            aud: StringList(audience),
+            client_id: req.client_id.clone(),
+            iat: now,
+            exp: now.saturating_add(ttl),
+            nbf: None,
+            jti: random_id()?,
+            sid: req.session_id.clone(),
+            scope: req.scope.clone(),
+            email: req.email.clone(),
+            auth_time: Some(req.auth_time.unwrap_or(now)),
+            may_act: (!req.may_act.is_empty()).then(|| MayAct {
+                sub: StringList(req.may_act.clone()),
+            }),
+            act: None,
+            authorization_details: None,
+        };
+        let token = self.sign(&claims)?;
+        let mut event = Event::new(kinds::TOKEN_ISSUED, Outcome::Success)
+            .user(claims.user_label())
+            .detail("client_id", claims.client_id.clone())
+            .detail("jti", claims.jti.clone());
+        if let Some(sid) = &claims.sid {
+            event = event.session(sid.clone());
+        }
+        event.token_expires_in = Some(ttl);
+        self.events.record(event).await?;
+        Ok(IssuedToken {
+            token,
+            claims,
+            expires_in: ttl,
+        })
+    }
+
+    // --- consent ---
+
+    /// Records that `user` lets `agent` (a SPIFFE ID) request `rar_types`
+    /// (each registered) and `scopes` on their behalf.
+    pub async fn grant_consent(
+        &self,
+        user: &str,
+        agent: &str,
+        rar_types: &[String],
+        scopes: &[String],
+    ) -> Result<Consent, StsError> {
+        keyless_identity::SpiffeId::new(agent)
+            .map_err(|e| StsError::InvalidRequest(format!("agent `{agent}`: {e}")))?;
+        if user.is_empty() {
+            return Err(StsError::InvalidRequest("user is required".into()));
+        }
+        if rar_types.is_empty() && scopes.is_empty() {
+            return Err(StsError::InvalidRequest(
+                "a consent names at least one rar type or scope".into(),
+            ));
+        }
+        if let Some(unknown) = rar_types.iter().find(|t| self.rar.get(t).is_none()) {
+            return Err(StsError::InvalidRequest(format!(
+                "unknown authorization_details type `{unknown}`"
+            )));
+        }
+        let consent = Consent {
+            id: random_id()?,
+            user: user.to_owned(),
+            agent: agent.to_owned(),
+            rar_types: rar_types.to_vec(),
+            scopes: scopes.to_vec(),
+            granted_at: now_millis(),
+            revoked_at: None,
+        };
+        db::insert_consent(&self.store, &consent).await?;
+        self.events
+            .record(
+                Event::new(kinds::CONSENT_GRANTED, Outcome::Success)
+                    .user(user)
+                    .agent(agent)
+                    .detail("consent_id", consent.id.clone())
+                    .detail("rar_types", rar_types.to_vec())
+                    .detail("scopes", scopes.to_vec()),
+            )
+            .await?;
+        Ok(consent)
+    }
+
+    /// Consents, of one user or of everyone, including revoked ones.
+    pub async fn list_consents(&self, user: Option<&str>) -> Result<Vec<Consent>, StsError> {
+        db::list_consents(&self.store, user, false).await
+    }
+
+    /// Revokes a consent; the very next exchange relying on it fails.
+    pub async fn revoke_consent(&self, id: &str) -> Result<Consent, StsError> {
+        let consent = db::revoke_consent(&self.store, id)
+            .await?
+            .ok_or_else(|| StsError::ConsentNotFound(id.to_owned()))?;
+        self.events
+            .record(
+                Event::new(kinds::CONSENT_REVOKED, Outcome::Success)
+                    .user(consent.user.clone())
+                    .agent(consent.agent.clone())
+                    .detail("consent_id", consent.id.clone()),
+            )
+            .await?;
+        Ok(consent)
+    }
+
+    // --- single use ---
+
+    /// Consumes `jti` (of a token expiring at `expires_at`, Unix seconds)
+    /// once; a second call for the same id fails with
+    /// [`StsError::AlreadyConsumed`], on any replica sharing the database.
+    pub async fn consume(&self, jti: &str, expires_at: i64) -> Result<(), StsError> {
+        if jti.is_empty() || jti.len() > 256 {
+            return Err(StsError::InvalidRequest("invalid jti".into()));
+        }
+        if db::consume_jti(&self.store, jti, expires_at).await? {
+            Ok(())
+        } else {
+            Err(StsError::AlreadyConsumed(jti.to_owned()))
+        }
+    }
+
+    /// Verifies an OBO token presented to the resource server `audience`
+    /// (whose SPIFFE ID, when registered, must be `caller`) and consumes it.
+    pub async fn consume_token(
+        &self,
+        token: &str,
+        audience: &str,
+        caller: Option<&str>,
+    ) -> Result<AccessTokenClaims, StsError> {
+        let rs = self
+            .config
+            .resource_server(audience)
+            .ok_or_else(|| StsError::InvalidTarget(format!("`{audience}` is not a registered resource server")))?;
+        if let Some(expected) = &rs.spiffe_id
+            && caller != Some(expected.as_str())
+        {
+            return Err(StsError::InvalidClient(format!(
+                "only `{expected}` may consume tokens for `{audience}`"
+            )));
+        }
+        let claims = self.verify_access_token(token, Some(&rs.audience)).await?;
+        let Some(act) = &claims.act else {
+            return Err(StsError::InvalidRequest("not an on-behalf-of token".into()));
+        };
+        let result = self.consume(&claims.jti, claims.exp).await;
+        let (kind, outcome) = match &result {
+            Ok(()) => (kinds::TOKEN_CONSUMED, Outcome::Success),
+            Err(_) => (kinds::TOKEN_REPLAY_DENIED, Outcome::Denied),
+        };
+        let mut event = Event::new(kind, outcome)
+            .user(claims.user_label())
+            .agent(act.sub.clone())
+            .detail("jti", claims.jti.clone())
+            .detail("audience", rs.audience.clone());
+        if let Err(e) = &result {
+            event = event.reason(e.to_string());
+        }
+        self.events.record(event).await?;
+        result.map(|()| claims)
+    }
+
+    /// Drops consumed ids of tokens that expired more than a minute ago.
+    pub async fn purge_consumed(&self) -> Result<u64, StsError> {
+        db::purge_consumed(&self.store, unix_now().saturating_sub(60)).await
+    }
+
+    // --- clients ---
+
+    /// Authenticates a confidential client by its JWT-SVID assertion
+    /// (`client_assertion_type=…:jwt-spiffe`, audience the issuer or the
+    /// token endpoint).
+    pub fn authenticate_client(
+        &self,
+        assertion_type: &str,
+        assertion: &str,
+    ) -> Result<AuthenticatedClient, StsError> {
+        if assertion_type != CLIENT_ASSERTION_TYPE_JWT_SPIFFE {
+            return Err(StsError::InvalidClient(format!(
+                "unsupported client_assertion_type `{assertion_type}`"
+            )));
+        }
+        let token_endpoint = format!("{}/oauth2/token", self.config.issuer);
+        let svid = self
+            .identity
+            .validate_jwt_svid(assertion, &self.config.issuer)
+            .or_else(|_| self.identity.validate_jwt_svid(assertion, &token_endpoint))
+            .map_err(|e| StsError::InvalidClient(format!("client assertion: {e}")))?;
+        let client = self
+            .config
+            .clients
+            .iter()
+            .find(|c| c.spiffe_id == svid.spiffe_id.as_str())
+            .ok_or_else(|| {
+                StsError::InvalidClient(format!("`{}` is not a registered client", svid.spiffe_id))
+            })?;
+        Ok(AuthenticatedClient {
+            client_id: client.client_id.clone(),
+            spiffe_id: client.spiffe_id.clone(),
+            uri: client.uri.clone(),
+        })
+    }
+}
