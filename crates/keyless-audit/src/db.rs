@@ -130,23 +130,33 @@ where
     rows.iter().map(entry_row).collect()
 }
 
-/// Every entry from `start` on, streamed in order, for `f`.
-pub(crate) async fn for_each_entry<'e, E, F>(
+/// Every entry from `start` on, streamed in order, handed to `f` in
+/// chunks of `chunk` rows.
+pub(crate) async fn for_each_chunk<'e, E, F, Fut>(
     exec: E,
     start: u64,
+    chunk: usize,
     mut f: F,
 ) -> Result<(), AuditError>
 where
     E: sqlx::Executor<'e, Database = Any>,
-    F: FnMut(EntryRow) -> Result<(), AuditError>,
+    F: FnMut(Vec<EntryRow>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), AuditError>>,
 {
     let mut rows = sqlx::query(
         "SELECT idx, leaf_hash, root, event FROM audit_entries WHERE idx >= $1 ORDER BY idx",
     )
     .bind(to_i64(start)?)
     .fetch(exec);
+    let mut buf = Vec::with_capacity(chunk);
     while let Some(r) = rows.try_next().await? {
-        f(entry_row(&r)?)?;
+        buf.push(entry_row(&r)?);
+        if buf.len() >= chunk {
+            f(std::mem::replace(&mut buf, Vec::with_capacity(chunk))).await?;
+        }
+    }
+    if !buf.is_empty() {
+        f(buf).await?;
     }
     Ok(())
 }

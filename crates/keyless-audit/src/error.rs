@@ -36,6 +36,8 @@ pub enum AuditError {
     WriteFailed(String),
     #[error("the audit log is closed")]
     Closed,
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -97,6 +97,7 @@ impl IntoResponse for ApiError {
                 | AuditError::OriginMismatch { .. }
                 | AuditError::KeyMismatch(_)
                 | AuditError::Serialize(_)
+                | AuditError::Internal(_)
                 | AuditError::Io(_) => {
                     tracing::error!(error = %e, "audit request failed");
                     (

@@ -50,6 +50,8 @@ use crate::event::Event;
 use crate::log::{InclusionProof, LogEntry, json_line, latest_checkpoint};
 use crate::merkle::{Frontier, Hash, MerkleTree, leaf_hash};
 
+/// Rows handed to the verification thread at a time.
+const VERIFY_CHUNK: usize = 4096;
 /// Entries searched for the original content of a reordered entry.
 const MAX_REORDER_SEARCH: u64 = 2_000_000;
 use crate::note::{Checkpoint, ParsedCheckpoint, note_body, verify_signature};
@@ -250,12 +252,28 @@ async fn verify_inner(
     let keys = db::keys(&mut *tx).await?;
     let checkpoint_rows = db::checkpoints(&mut *tx).await?;
     let seal_rows = db::seals(&mut *tx).await?;
-    let mut scan = Scan::default();
-    db::for_each_entry(&mut *tx, 0, |row| {
-        scan.row(row);
-        Ok(())
+    // Rows arrive one by one from the database driver; the hashing and
+    // re-canonicalization run on a blocking thread beside it, in chunks.
+    let (chunks, mut rx) = tokio::sync::mpsc::channel::<Vec<db::EntryRow>>(4);
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut scan = Scan::default();
+        while let Some(chunk) = rx.blocking_recv() {
+            for row in chunk {
+                scan.row(row);
+            }
+        }
+        scan
+    });
+    let streamed = db::for_each_chunk(&mut *tx, 0, VERIFY_CHUNK, |chunk| {
+        let chunks = chunks.clone();
+        async move { chunks.send(chunk).await.map_err(|_| AuditError::Closed) }
     })
-    .await?;
+    .await;
+    drop(chunks);
+    let scan = worker
+        .await
+        .map_err(|e| AuditError::Internal(format!("verification worker stopped: {e}")))?;
+    streamed?;
     tx.rollback().await?;
     let origin = store.get_meta("audit.origin").await?;
 

@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench -p keyless-identity --bench mint -- --quick`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -3,8 +3,9 @@
 //! One [`Store`] hides whether the data lives in the embedded SQLite file
 //! (`DIR/keyless.db`, WAL mode) or in a shared PostgreSQL. Both speak through
 //! sqlx's `Any` driver so domain crates write each query once, with `$1`-style
-//! placeholders and only portable column types (`BIGINT`, `TEXT`, `BLOB`/`BYTEA`,
-//! `BOOLEAN`); timestamps are Unix milliseconds in `BIGINT` columns.
+//! placeholders and only portable column types (`BIGINT`, `TEXT`, `BLOB`/`BYTEA`);
+//! booleans are `BIGINT` 0/1 (the `Any` driver cannot read SQLite's `BOOLEAN`)
+//! and timestamps are Unix milliseconds in `BIGINT` columns.
 //!
 //! The schema is owned here ([`migrate`]), one migration list per dialect with
 //! the same versions, so every process on a shared database agrees on it.
