@@ -83,7 +83,10 @@ impl StsConfig {
             ]),
             leeway: Duration::from_secs(5),
             max_delegation_depth: 4,
-            resource_servers: vec![ResourceServer::new("directory"), ResourceServer::new("bank")],
+            resource_servers: vec![
+                ResourceServer::new("directory"),
+                ResourceServer::new("bank"),
+            ],
             clients: Vec::new(),
         }
     }

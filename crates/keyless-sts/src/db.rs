@@ -105,9 +105,8 @@ fn consent_from_row(r: &sqlx::any::AnyRow) -> Result<Consent, StsError> {
 }
 
 pub(crate) async fn insert_consent(store: &Store, c: &Consent) -> Result<(), StsError> {
-    let json = |v: &Vec<String>| {
-        serde_json::to_string(v).map_err(|e| StsError::Corrupt(e.to_string()))
-    };
+    let json =
+        |v: &Vec<String>| serde_json::to_string(v).map_err(|e| StsError::Corrupt(e.to_string()));
     sqlx::query(
         "INSERT INTO sts_consents (id, user_sub, agent, rar_types, scopes, granted_at, revoked_at) \
          VALUES ($1, $2, $3, $4, $5, $6, 0)",
@@ -131,12 +130,10 @@ pub(crate) async fn list_consents(
 ) -> Result<Vec<Consent>, StsError> {
     let rows = match user {
         Some(u) => {
-            sqlx::query(
-                "SELECT * FROM sts_consents WHERE user_sub = $1 ORDER BY granted_at, id",
-            )
-            .bind(u)
-            .fetch_all(store.pool())
-            .await?
+            sqlx::query("SELECT * FROM sts_consents WHERE user_sub = $1 ORDER BY granted_at, id")
+                .bind(u)
+                .fetch_all(store.pool())
+                .await?
         }
         None => {
             sqlx::query("SELECT * FROM sts_consents ORDER BY granted_at, id")
@@ -144,7 +141,10 @@ pub(crate) async fn list_consents(
                 .await?
         }
     };
-    let all = rows.iter().map(consent_from_row).collect::<Result<Vec<_>, _>>()?;
+    let all = rows
+        .iter()
+        .map(consent_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(all
         .into_iter()
         .filter(|c| !live_only || c.revoked_at.is_none())
@@ -170,12 +170,13 @@ pub(crate) async fn live_consents(
 
 /// Revokes a live consent; returns it, or `None` if unknown or already revoked.
 pub(crate) async fn revoke_consent(store: &Store, id: &str) -> Result<Option<Consent>, StsError> {
-    let done = sqlx::query("UPDATE sts_consents SET revoked_at = $1 WHERE id = $2 AND revoked_at = 0")
-        .bind(now_millis().max(1))
-        .bind(id)
-        .execute(store.pool())
-        .await?
-        .rows_affected();
+    let done =
+        sqlx::query("UPDATE sts_consents SET revoked_at = $1 WHERE id = $2 AND revoked_at = 0")
+            .bind(now_millis().max(1))
+            .bind(id)
+            .execute(store.pool())
+            .await?
+            .rows_affected();
     if done == 0 {
         return Ok(None);
     }
@@ -188,7 +189,11 @@ pub(crate) async fn revoke_consent(store: &Store, id: &str) -> Result<Option<Con
 
 /// Consumes `jti` once. The primary key makes this atomic across
 /// connections and processes: exactly one caller gets `true`.
-pub(crate) async fn consume_jti(store: &Store, jti: &str, expires_at: i64) -> Result<bool, StsError> {
+pub(crate) async fn consume_jti(
+    store: &Store,
+    jti: &str,
+    expires_at: i64,
+) -> Result<bool, StsError> {
     let n = sqlx::query(
         "INSERT INTO sts_consumed_jtis (jti, consumed_at, expires_at) VALUES ($1, $2, $3) \
          ON CONFLICT (jti) DO NOTHING",
@@ -203,19 +208,23 @@ pub(crate) async fn consume_jti(store: &Store, jti: &str, expires_at: i64) -> Re
 }
 
 pub(crate) async fn is_consumed(store: &Store, jti: &str) -> Result<bool, StsError> {
-    Ok(sqlx::query("SELECT jti FROM sts_consumed_jtis WHERE jti = $1")
-        .bind(jti)
-        .fetch_optional(store.pool())
-        .await?
-        .is_some())
+    Ok(
+        sqlx::query("SELECT jti FROM sts_consumed_jtis WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(store.pool())
+            .await?
+            .is_some(),
+    )
 }
 
 /// Deletes consumed ids whose token expired before `now_secs` (minus a
 /// margin for clock skew): such a token fails verification anyway.
 pub(crate) async fn purge_consumed(store: &Store, before_secs: i64) -> Result<u64, StsError> {
-    Ok(sqlx::query("DELETE FROM sts_consumed_jtis WHERE expires_at < $1")
-        .bind(before_secs)
-        .execute(store.pool())
-        .await?
-        .rows_affected())
+    Ok(
+        sqlx::query("DELETE FROM sts_consumed_jtis WHERE expires_at < $1")
+            .bind(before_secs)
+            .execute(store.pool())
+            .await?
+            .rows_affected(),
+    )
 }

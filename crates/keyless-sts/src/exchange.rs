@@ -148,13 +148,22 @@ impl Sts {
                 event = event.detail("jti", resp.claims.jti.clone());
             }
             Err(e) => {
-                event = event
-                    .reason(e.to_string())
-                    .detail("error", e.oauth_code());
+                event = event.reason(e.to_string()).detail("error", e.oauth_code());
             }
         }
         self.events.record(event).await?;
         result
+    }
+
+    /// Records a token request refused before the exchange could start
+    /// (malformed form, failed client authentication) as
+    /// `token_exchange.denied`.
+    pub async fn record_refused(&self, error: &StsError) -> Result<(), StsError> {
+        let event = Event::new(kinds::TOKEN_EXCHANGE_DENIED, Outcome::Denied)
+            .reason(error.to_string())
+            .detail("error", error.oauth_code());
+        self.events.record(event).await?;
+        Ok(())
     }
 
     async fn exchange_inner(
@@ -364,16 +373,22 @@ impl Sts {
         }
 
         // --- policy: every action of every detail must be permitted ---
-        let session_age = now.saturating_sub(subject.auth_time.unwrap_or(subject.iat)).max(0);
+        let session_age = now
+            .saturating_sub(subject.auth_time.unwrap_or(subject.iat))
+            .max(0);
         let policies = self.policies.current();
         for d in &details {
             for action in &d.actions {
-                let input = decision_input(d, action, &agent, &target, &subject, session_age, ctx, now);
+                let input =
+                    decision_input(d, action, &agent, &target, &subject, session_age, ctx, now);
                 match policies.decide(&input) {
                     PolicyDecision::Allow { policies } => trail.policies.extend(policies),
                     PolicyDecision::Deny { policies, reason } => {
                         trail.policies.extend(policies.iter().cloned());
-                        return Err(StsError::AccessDenied { policy: policies, reason });
+                        return Err(StsError::AccessDenied {
+                            policy: policies,
+                            reason,
+                        });
                     }
                 }
             }
@@ -393,13 +408,20 @@ impl Sts {
             self.consume(&subject.jti, subject.exp)
                 .await
                 .map_err(|e| match e {
-                    StsError::AlreadyConsumed(_) => invalid_request("subject_token was already used"),
+                    StsError::AlreadyConsumed(_) => {
+                        invalid_request("subject_token was already used")
+                    }
                     other => other,
                 })?;
         }
         let granted: Vec<Value> = details.iter().map(|d| d.value.clone()).collect();
-        let scope = (!requested_scopes.is_empty())
-            .then(|| requested_scopes.iter().copied().collect::<Vec<_>>().join(" "));
+        let scope = (!requested_scopes.is_empty()).then(|| {
+            requested_scopes
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         let claims = AccessTokenClaims {
             iss: self.config.issuer.clone(),
             sub: subject.sub.clone(),
@@ -435,7 +457,10 @@ impl Sts {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one flat constructor of the decision input")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one flat constructor of the decision input"
+)]
 fn decision_input(
     d: &AuthorizationDetail,
     action: &str,

@@ -50,6 +50,7 @@ mod config;
 mod db;
 mod error;
 mod exchange;
+pub mod http;
 pub mod policy;
 pub mod rar;
 mod service;

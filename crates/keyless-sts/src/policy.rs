@@ -20,8 +20,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Effect, Entities, EntityId, EntityTypeName, EntityUid,
-    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Context, Decision, Effect, Entities, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
 use crate::StsError;
@@ -63,7 +63,10 @@ pub enum PolicyDecision {
     Allow { policies: Vec<String> },
     /// `policies`: the forbid policies that matched (empty for a default
     /// deny); `reason`: "<id>: <@reason>" for each, or "no permit policy matched".
-    Deny { policies: Vec<String>, reason: String },
+    Deny {
+        policies: Vec<String>,
+        reason: String,
+    },
 }
 
 /// One parsed and validated policy set with its schema.
@@ -195,7 +198,8 @@ impl LoadedPolicies {
             Ok(r) => r,
             Err(e) => return deny(format!("the request cannot be evaluated: {e}")),
         };
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &Entities::empty());
+        let response =
+            Authorizer::new().is_authorized(&request, &self.policies, &Entities::empty());
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
         if !errors.is_empty() {
@@ -228,7 +232,12 @@ impl LoadedPolicies {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().chars().take(80).collect()
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(80)
+        .collect()
 }
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
@@ -244,13 +253,19 @@ fn build_request(input: &DecisionInput) -> Result<Request, String> {
             "session_age_secs".to_owned(),
             RestrictedExpression::new_long(input.session_age_secs),
         ),
-        ("tier".to_owned(), RestrictedExpression::new_long(i64::from(input.tier))),
+        (
+            "tier".to_owned(),
+            RestrictedExpression::new_long(i64::from(input.tier)),
+        ),
         ("rar_type".to_owned(), s(&input.rar_type)),
         (
             "amount".to_owned(),
             RestrictedExpression::new_long(whole_units(input.amount)),
         ),
-        ("currency".to_owned(), s(input.currency.as_deref().unwrap_or_default())),
+        (
+            "currency".to_owned(),
+            s(input.currency.as_deref().unwrap_or_default()),
+        ),
         (
             "destination".to_owned(),
             s(input.destination.as_deref().unwrap_or_default()),
@@ -260,8 +275,14 @@ fn build_request(input: &DecisionInput) -> Result<Request, String> {
             "approvals".to_owned(),
             RestrictedExpression::new_long(i64::from(input.approvals)),
         ),
-        ("step_up".to_owned(), RestrictedExpression::new_bool(input.step_up)),
-        ("time".to_owned(), RestrictedExpression::new_long(input.time)),
+        (
+            "step_up".to_owned(),
+            RestrictedExpression::new_bool(input.step_up),
+        ),
+        (
+            "time".to_owned(),
+            RestrictedExpression::new_long(input.time),
+        ),
     ])
     .map_err(|e| e.to_string())?;
     Request::new(
@@ -346,8 +367,12 @@ impl PolicyStore {
                 }
                 seen = now;
                 match store.reload_from_dir(&dir) {
-                    Ok(p) => tracing::info!(dir = %dir.display(), policies = p.ids.len(), "policies reloaded"),
-                    Err(e) => tracing::error!(dir = %dir.display(), error = %e, "policy reload refused; the previous set stays in force"),
+                    Ok(p) => {
+                        tracing::info!(dir = %dir.display(), policies = p.ids.len(), "policies reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "policy reload refused; the previous set stays in force")
+                    }
                 }
             }
         })
@@ -362,7 +387,8 @@ fn fingerprint(dir: &Path) -> BTreeSet<(PathBuf, u64, Option<SystemTime>)> {
                 .filter_map(Result::ok)
                 .filter(|e| {
                     let p = e.path();
-                    p.extension().is_some_and(|x| x == "cedar" || x == "cedarschema")
+                    p.extension()
+                        .is_some_and(|x| x == "cedar" || x == "cedarschema")
                 })
                 .map(|e| {
                     let meta = e.metadata().ok();

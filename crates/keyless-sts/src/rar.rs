@@ -69,10 +69,26 @@ pub struct RarRegistry {
 /// The built-in types: (name, schema, default tier).
 const BUILTIN: &[(&str, &str, u8)] = &[
     ("tool_call", include_str!("../rar/tool_call.json"), 2),
-    ("directory_read", include_str!("../rar/directory_read.json"), 1),
-    ("directory_write", include_str!("../rar/directory_write.json"), 2),
-    ("directory_admin", include_str!("../rar/directory_admin.json"), 3),
-    ("transfer_funds", include_str!("../rar/transfer_funds.json"), 3),
+    (
+        "directory_read",
+        include_str!("../rar/directory_read.json"),
+        1,
+    ),
+    (
+        "directory_write",
+        include_str!("../rar/directory_write.json"),
+        2,
+    ),
+    (
+        "directory_admin",
+        include_str!("../rar/directory_admin.json"),
+        3,
+    ),
+    (
+        "transfer_funds",
+        include_str!("../rar/transfer_funds.json"),
+        3,
+    ),
 ];
 
 fn invalid(msg: impl Into<String>) -> StsError {
@@ -104,7 +120,12 @@ impl RarRegistry {
     /// Registers (or replaces) a type. The schema must compile, describe an
     /// object that requires `type`, and close it with
     /// `additionalProperties: false`.
-    pub fn register(&mut self, name: &str, schema: Value, default_tier: u8) -> Result<(), StsError> {
+    pub fn register(
+        &mut self,
+        name: &str,
+        schema: Value,
+        default_tier: u8,
+    ) -> Result<(), StsError> {
         let bad = |m: &str| Err(StsError::InvalidConfig(format!("rar type `{name}`: {m}")));
         if name.is_empty()
             || !name
@@ -214,7 +235,11 @@ impl RarRegistry {
             .take(5)
             .map(|e| {
                 let path = e.instance_path().to_string();
-                let at = if path.is_empty() { "/".to_owned() } else { path };
+                let at = if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                };
                 format!("at `{at}`: {e}")
             })
             .collect();
@@ -238,7 +263,12 @@ fn truncate(s: &str, max: usize) -> String {
 fn strings(obj: &Map<String, Value>, key: &str) -> Vec<String> {
     obj.get(key)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -299,7 +329,12 @@ fn format_amount(amount: f64) -> String {
 }
 
 /// The one-line human summary of a detail, for events' `rar_summary`.
-fn summarize(name: &str, obj: &Map<String, Value>, actions: &[String], amount: Option<f64>) -> String {
+fn summarize(
+    name: &str,
+    obj: &Map<String, Value>,
+    actions: &[String],
+    amount: Option<f64>,
+) -> String {
     let identifier = string(obj, "identifier");
     let datatypes = strings(obj, "datatypes");
     let what = if datatypes.is_empty() {
@@ -351,9 +386,7 @@ pub fn narrows(requested: &Value, granted: &Value) -> bool {
                     })
                 })
         }
-        (Value::Array(r), Value::Array(g)) => {
-            r.iter().all(|rv| g.iter().any(|gv| narrows(rv, gv)))
-        }
+        (Value::Array(r), Value::Array(g)) => r.iter().all(|rv| g.iter().any(|gv| narrows(rv, gv))),
         (Value::Number(r), Value::Number(g)) => match (r.as_f64(), g.as_f64()) {
             (Some(r), Some(g)) => r <= g,
             _ => false,

@@ -116,8 +116,16 @@ impl Sts {
         config: StsConfig,
     ) -> Result<Arc<Self>, StsError> {
         let policies = Arc::new(PolicyStore::with_defaults()?);
-        Self::open_with(store, keys, identity, events, config, RarRegistry::builtin()?, policies)
-            .await
+        Self::open_with(
+            store,
+            keys,
+            identity,
+            events,
+            config,
+            RarRegistry::builtin()?,
+            policies,
+        )
+        .await
     }
 
     /// Opens the STS with a given RAR registry and policy store (e.g. one
@@ -145,8 +153,20 @@ impl Sts {
             rotate: tokio::sync::Mutex::new(()),
         });
         sts.reload_keys().await?;
-        if sts.active_key().is_none() {
-            sts.rotate_signing_key().await?;
+        let ring = sts.ring();
+        match ring.iter().rev().find(|k| k.state == KeyState::Active) {
+            None => sts.rotate_signing_key().await?,
+            // Replicas must share one key manager: a replica that cannot
+            // sign with the active key refuses to start rather than rotate
+            // under the others' feet.
+            Some(k) if k.signer.is_none() => {
+                return Err(StsError::InvalidConfig(format!(
+                    "the active sts signing key `{}` is not in this key manager \
+                     (replicas sharing a database must share the key manager)",
+                    token::key_name(k.generation)
+                )));
+            }
+            Some(_) => {}
         }
         Ok(sts)
     }
@@ -195,6 +215,12 @@ impl Sts {
         let mut ring = Vec::with_capacity(rows.len());
         for row in rows {
             let signer = match self.keys.load(&row.key_name).await {
+                // A same-named key that is not this row's key (another
+                // deployment's key directory) must never sign for this kid.
+                Ok(s) if s.public_key() != row.public_key.as_slice() => {
+                    tracing::warn!(key = %row.key_name, "sts signing key does not match its stored public key; it only verifies");
+                    None
+                }
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(key = %row.key_name, error = %e, "sts signing key not loadable; it only verifies");
@@ -451,10 +477,9 @@ impl Sts {
         audience: &str,
         caller: Option<&str>,
     ) -> Result<AccessTokenClaims, StsError> {
-        let rs = self
-            .config
-            .resource_server(audience)
-            .ok_or_else(|| StsError::InvalidTarget(format!("`{audience}` is not a registered resource server")))?;
+        let rs = self.config.resource_server(audience).ok_or_else(|| {
+            StsError::InvalidTarget(format!("`{audience}` is not a registered resource server"))
+        })?;
         if let Some(expected) = &rs.spiffe_id
             && caller != Some(expected.as_str())
         {

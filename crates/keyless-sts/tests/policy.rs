@@ -1,7 +1,12 @@
 //! Cedar policy at issuance: the default tiers, explainable denials, and
 //! reloads that never leave the STS without a valid policy set.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,14 +57,23 @@ fn denied(d: PolicyDecision) -> (Vec<String>, String) {
 #[test]
 fn default_tiers_permit_read_write_sensitive() {
     let p = LoadedPolicies::defaults().unwrap();
-    for (action, tier, by) in [("read", 1, "tier-1-read"), ("update", 2, "tier-2-write"), ("disable_user", 3, "tier-3-sensitive")] {
+    for (action, tier, by) in [
+        ("read", 1, "tier-1-read"),
+        ("update", 2, "tier-2-write"),
+        ("disable_user", 3, "tier-3-sensitive"),
+    ] {
         assert_eq!(
             p.decide(&input(action, tier)),
-            PolicyDecision::Allow { policies: vec![by.into()] }
+            PolicyDecision::Allow {
+                policies: vec![by.into()]
+            }
         );
     }
     // An action no policy names is still decided by tier.
-    assert!(matches!(p.decide(&input("some_tool", 1)), PolicyDecision::Allow { .. }));
+    assert!(matches!(
+        p.decide(&input("some_tool", 1)),
+        PolicyDecision::Allow { .. }
+    ));
 }
 
 #[test]
@@ -67,26 +81,41 @@ fn tier_4_actions_are_denied_naming_the_policy_and_its_reason() {
     let p = LoadedPolicies::defaults().unwrap();
     let (ids, reason) = denied(p.decide(&input("delete_user", 4)));
     assert_eq!(ids, ["forbid-delete-user", "tier-4-blocked"]);
-    assert!(reason.contains("forbid-delete-user: deleting users is never delegated to an agent"), "{reason}");
+    assert!(
+        reason.contains("forbid-delete-user: deleting users is never delegated to an agent"),
+        "{reason}"
+    );
     let (ids, reason) = denied(p.decide(&input("grant_admin_role", 4)));
     assert!(ids.contains(&"forbid-grant-admin-role".to_owned()));
-    assert!(reason.contains("granting admin roles is never delegated"), "{reason}");
+    assert!(
+        reason.contains("granting admin roles is never delegated"),
+        "{reason}"
+    );
     // Even at a lower claimed tier, the action itself is forbidden.
     let (ids, _) = denied(p.decide(&input("delete_user", 1)));
     assert_eq!(ids, ["forbid-delete-user"]);
     let (ids, reason) = denied(p.decide(&input("anything", 4)));
     assert_eq!(ids, ["tier-4-blocked"]);
-    assert_eq!(reason, "tier-4-blocked: tier 4 actions are blocked for agents");
+    assert_eq!(
+        reason,
+        "tier-4-blocked: tier 4 actions are blocked for agents"
+    );
 }
 
 #[test]
 fn transfers_above_the_limit_need_step_up() {
     let p = LoadedPolicies::defaults().unwrap();
-    assert!(matches!(p.decide(&transfer(1000.0, false)), PolicyDecision::Allow { .. }));
+    assert!(matches!(
+        p.decide(&transfer(1000.0, false)),
+        PolicyDecision::Allow { .. }
+    ));
     let (ids, reason) = denied(p.decide(&transfer(1000.01, false)));
     assert_eq!(ids, ["transfer-limit"]);
     assert!(reason.contains("need a step-up"), "{reason}");
-    assert!(matches!(p.decide(&transfer(5000.0, true)), PolicyDecision::Allow { .. }));
+    assert!(matches!(
+        p.decide(&transfer(5000.0, true)),
+        PolicyDecision::Allow { .. }
+    ));
 }
 
 #[test]
@@ -107,12 +136,27 @@ fn invalid_policy_sets_are_refused() {
     let cases = [
         ("permit(principal, action, resource", "policies:"),
         ("permit(principal, action, resource);", "no @id"),
-        ("@id(\"a\") forbid(principal, action, resource);", "no @reason"),
-        ("@id(\"a\") permit(principal, action, resource);\n@id(\"a\") permit(principal, action, resource);", "used twice"),
+        (
+            "@id(\"a\") forbid(principal, action, resource);",
+            "no @reason",
+        ),
+        (
+            "@id(\"a\") permit(principal, action, resource);\n@id(\"a\") permit(principal, action, resource);",
+            "used twice",
+        ),
         // Type error against the schema: tier is a Long.
-        ("@id(\"a\") permit(principal, action, resource) when { context.tier == \"1\" };", "validate"),
-        ("@id(\"a\") permit(principal, action, resource) when { context.nonexistent };", "validate"),
-        ("@id(\"a\") permit(principal, action == Action::\"undeclared\", resource);", "validate"),
+        (
+            "@id(\"a\") permit(principal, action, resource) when { context.tier == \"1\" };",
+            "validate",
+        ),
+        (
+            "@id(\"a\") permit(principal, action, resource) when { context.nonexistent };",
+            "validate",
+        ),
+        (
+            "@id(\"a\") permit(principal, action == Action::\"undeclared\", resource);",
+            "validate",
+        ),
         ("", "empty"),
     ];
     for (src, expected) in cases {
@@ -130,7 +174,10 @@ async fn reload_from_a_directory_swaps_atomically_and_keeps_the_old_set_on_error
     let dir = tmp.path();
     std::fs::write(dir.join("default.cedar"), DEFAULT_POLICIES).unwrap();
     let store = Arc::new(PolicyStore::new(LoadedPolicies::from_dir(dir).unwrap()));
-    assert!(matches!(store.decide(&input("update", 2)), PolicyDecision::Allow { .. }));
+    assert!(matches!(
+        store.decide(&input("update", 2)),
+        PolicyDecision::Allow { .. }
+    ));
 
     // A stricter set: writes now need an approval.
     let stricter = DEFAULT_POLICIES.replace(
@@ -139,13 +186,25 @@ async fn reload_from_a_directory_swaps_atomically_and_keeps_the_old_set_on_error
     );
     std::fs::write(dir.join("default.cedar"), &stricter).unwrap();
     store.reload_from_dir(dir).unwrap();
-    assert!(matches!(store.decide(&input("update", 2)), PolicyDecision::Deny { .. }));
+    assert!(matches!(
+        store.decide(&input("update", 2)),
+        PolicyDecision::Deny { .. }
+    ));
 
     // A broken file is refused; the stricter set stays in force.
     std::fs::write(dir.join("zz-broken.cedar"), "permit(principal").unwrap();
-    assert!(matches!(store.reload_from_dir(dir), Err(StsError::InvalidPolicy(_))));
-    assert!(matches!(store.decide(&input("update", 2)), PolicyDecision::Deny { .. }));
-    assert!(matches!(store.decide(&input("read", 1)), PolicyDecision::Allow { .. }));
+    assert!(matches!(
+        store.reload_from_dir(dir),
+        Err(StsError::InvalidPolicy(_))
+    ));
+    assert!(matches!(
+        store.decide(&input("update", 2)),
+        PolicyDecision::Deny { .. }
+    ));
+    assert!(matches!(
+        store.decide(&input("read", 1)),
+        PolicyDecision::Allow { .. }
+    ));
 }
 
 #[tokio::test]
@@ -157,9 +216,16 @@ async fn the_watcher_reloads_on_change_and_ignores_invalid_edits() {
     let watch = store.spawn_watch(dir.clone(), Duration::from_millis(20));
 
     // Invalid edit: nothing changes.
-    std::fs::write(dir.join("extra.cedar"), "@id(\"x\") forbid(principal, action, resource);").unwrap();
+    std::fs::write(
+        dir.join("extra.cedar"),
+        "@id(\"x\") forbid(principal, action, resource);",
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(matches!(store.decide(&input("read", 1)), PolicyDecision::Allow { .. }));
+    assert!(matches!(
+        store.decide(&input("read", 1)),
+        PolicyDecision::Allow { .. }
+    ));
 
     // Valid edit: a forbid-everything policy with a reason takes effect.
     std::fs::write(

@@ -38,7 +38,9 @@ pub struct Fixture {
 
 pub async fn open() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&tmp.path().join("keyless.db")).await.unwrap();
+    let store = Store::open_sqlite(&tmp.path().join("keyless.db"))
+        .await
+        .unwrap();
     let mut f = open_with(store, &tmp.path().join("keys"), StsConfig::new(ISSUER)).await;
     f._tmp = Some(tmp);
     f
@@ -138,7 +140,12 @@ impl Fixture {
 }
 
 /// A token-exchange request of `subject` by `actor` for `audience`.
-pub fn exchange_request(subject: &str, actor: &str, audience: &str, details: &Value) -> TokenExchangeRequest {
+pub fn exchange_request(
+    subject: &str,
+    actor: &str,
+    audience: &str,
+    details: &Value,
+) -> TokenExchangeRequest {
     TokenExchangeRequest {
         grant_type: GRANT_TYPE_TOKEN_EXCHANGE.into(),
         subject_token: Some(subject.into()),
