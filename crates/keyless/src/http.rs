@@ -11,11 +11,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use keyless_audit::AuditLog;
 use keyless_identity::Identity;
+use keyless_sts::Sts;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub identity: Arc<Identity>,
     pub audit: Arc<AuditLog>,
+    pub sts: Arc<Sts>,
     pub started: Instant,
 }
 
@@ -31,6 +33,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(keyless_identity::http::router(state.identity.clone()))
         .merge(keyless_audit::http::router(state.audit.clone()))
+        .merge(keyless_sts::http::router(state.sts.clone()))
         .merge(ops)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

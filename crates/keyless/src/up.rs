@@ -13,6 +13,7 @@ use anyhow::Context;
 use keyless_audit::AuditLog;
 use keyless_identity::{Identity, IdentityConfig, TrustDomain};
 use keyless_store::{FileKeyManager, KeyManager, Store};
+use keyless_sts::{Sts, StsConfig};
 use keyless_workload_api::WorkloadApi;
 use tokio::sync::watch;
 
@@ -102,6 +103,16 @@ pub async fn run(args: UpArgs) -> CliResult {
         .context("cannot open the identity service")?;
     let _rotation = identity.spawn_rotation();
 
+    let sts = Sts::open(
+        store.clone(),
+        keys.clone(),
+        identity.clone(),
+        audit.clone(),
+        StsConfig::new(public_url.clone()),
+    )
+    .await
+    .context("cannot open the token service")?;
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -134,6 +145,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     let router = http::router(http::HttpState {
         identity: identity.clone(),
         audit: audit.clone(),
+        sts: sts.clone(),
         started,
     });
     let http_task = {

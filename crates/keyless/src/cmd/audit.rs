@@ -40,7 +40,14 @@ pub async fn run(cmd: AuditCommand) -> CliResult {
     match cmd {
         AuditCommand::Verify(args) => {
             let store = open_store(&args).await?;
-            match keyless_audit::verify(&store).await {
+            // With the key manager at hand, also catch a forged checkpoint key
+            // smuggled into the database.
+            let keys_dir = args.data_dir.data_dir.join("keys");
+            let result = match keyless_store::FileKeyManager::open(&keys_dir) {
+                Ok(km) if keys_dir.exists() => keyless_audit::verify_with_keys(&store, &km).await,
+                _ => keyless_audit::verify(&store).await,
+            };
+            match result {
                 Ok(report) => {
                     println!(
                         "verified {} entries, root {}, {} checkpoints consistent",
