@@ -6,12 +6,13 @@
 #   bench/identity.sh [SECONDS_PER_RUN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target=${CARGO_TARGET_DIR:-target}
 secs=${1:-10}
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 cargo build --release -q -p keyless --bin keyless --example workload_load
-bin=target/release/keyless
-load=target/release/examples/workload_load
+bin=$target/release/keyless
+load=$target/release/examples/workload_load
 
 echo "== X509-SVID / JWT-SVID minting (criterion, in-process, one core)"
 cargo bench -q -p keyless-identity --bench mint 2>&1 | grep -E "^[a-z_/ 0-9-]+time:|time:" || true

@@ -9,18 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use keyless_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use keyless_workload_api::client::{self, request};
 use keyless_workload_api::proto::{JwtsvidRequest, X509svidRequest};
-use tonic::transport::Endpoint;
-
-fn request<T>(m: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(m);
-    r.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    r
-}
 
 #[tokio::main]
 async fn main() {

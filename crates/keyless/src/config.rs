@@ -134,6 +134,7 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -15,6 +15,7 @@ pub fn encode(label: &str, der: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     #[test]
     fn pem_lines_are_64_columns() {

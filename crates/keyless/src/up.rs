@@ -47,14 +47,23 @@ pub async fn run(args: UpArgs) -> CliResult {
         restrict_db_files(&data_dir);
     }
 
-    // The trust domain is fixed at first start; later starts read it back.
+    // The trust domain is fixed at first start; later starts read it back
+    // and must agree, before anything else touches the data.
+    let stored_td = store
+        .get_meta(keyless_identity::TRUST_DOMAIN_META_KEY)
+        .await
+        .context("reading the store")?;
+    if let (Some(given), Some(stored)) = (&trust_domain, &stored_td)
+        && given.to_string() != *stored
+    {
+        return Err(CliError::Usage(format!(
+            "trust domain mismatch: the data in `{}` belongs to trust domain `{stored}`, not `{given}` (a trust domain never changes; use another --data-dir)",
+            data_dir.display()
+        )));
+    }
     let trust_domain = match trust_domain {
         Some(td) => td,
-        None => match store
-            .get_meta("trust_domain")
-            .await
-            .context("reading the store")?
-        {
+        None => match stored_td {
             Some(td) => td
                 .parse()
                 .map_err(|e| anyhow::anyhow!("stored trust domain `{td}` is invalid: {e}"))?,
@@ -214,11 +223,10 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 fn restrict_db_files(dir: &Path) {
     for name in ["keyless.db", "keyless.db-wal", "keyless.db-shm"] {
         let path = dir.join(name);
-        if path.exists() {
-            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            {
-                tracing::warn!(path = %path.display(), error = %e, "cannot restrict database file");
-            }
+        if path.exists()
+            && let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot restrict database file");
         }
     }
 }
