@@ -33,6 +33,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_identity"),
     migration!(3, "0003_audit"),
     migration!(4, "0004_sts"),
+    migration!(5, "0005_sts_users"),
 ];
 
 pub(crate) async fn current_version(store: &Store) -> Result<i64, StoreError> {

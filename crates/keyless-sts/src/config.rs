@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::StsError;
 
+/// The console's client id (a public client).
+pub const CONSOLE_CLIENT_ID: &str = "keyless-console";
 /// Shortest OBO lifetime a tier may be configured with.
 pub const MIN_OBO_TTL: Duration = Duration::from_secs(5);
 /// Longest OBO lifetime: OBO tokens are for one call, never for a session.
@@ -47,6 +49,32 @@ pub struct ClientRegistration {
     pub uri: String,
 }
 
+/// A public client (no secret; PKCE S256 is its proof), e.g. the console.
+/// Redirect URIs are compared exactly, never by prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicClient {
+    pub client_id: String,
+    pub redirect_uris: Vec<String>,
+    /// Where `/oauth2/logout` may send the browser afterwards.
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+/// Argon2id cost. The default is OWASP's (19 MiB, 2 passes); tests lower it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordHashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Default for PasswordHashCost {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+        }
+    }
+}
+
 /// Configuration of the STS.
 #[derive(Debug, Clone)]
 pub struct StsConfig {
@@ -64,6 +92,22 @@ pub struct StsConfig {
     pub max_delegation_depth: usize,
     pub resource_servers: Vec<ResourceServer>,
     pub clients: Vec<ClientRegistration>,
+    /// Public clients of the authorization-code flow; `keyless-console`
+    /// (redirect `<issuer>/callback`) by default.
+    pub public_clients: Vec<PublicClient>,
+    pub password_hash_cost: PasswordHashCost,
+    /// Failed sign-ins in a row after which an account is locked.
+    pub lockout_threshold: u32,
+    /// How long a locked account stays locked.
+    pub lockout_duration: Duration,
+    /// Sign-in attempts one IP address may burst, then one per
+    /// `login_ip_refill` (in-memory token bucket, per process).
+    pub login_ip_burst: u32,
+    pub login_ip_refill: Duration,
+    /// Absolute lifetime of a browser session.
+    pub session_ttl: Duration,
+    /// Lifetime of one refresh token (each use rotates it).
+    pub refresh_token_ttl: Duration,
 }
 
 // === impl StsConfig ===
@@ -73,8 +117,8 @@ impl StsConfig {
     /// (tier 1), 30 s (tier 2) and 5 s (tier 3), the demo resource servers
     /// `directory` and `bank`, no confidential clients.
     pub fn new(issuer: impl Into<String>) -> Self {
+        let issuer: String = issuer.into();
         Self {
-            issuer: issuer.into(),
             access_token_ttl: Duration::from_secs(600),
             obo_ttl_by_tier: BTreeMap::from([
                 (1, Duration::from_secs(60)),
@@ -88,7 +132,27 @@ impl StsConfig {
                 ResourceServer::new("bank"),
             ],
             clients: Vec::new(),
+            public_clients: vec![PublicClient {
+                client_id: CONSOLE_CLIENT_ID.to_owned(),
+                redirect_uris: vec![format!("{issuer}/callback")],
+                post_logout_redirect_uris: vec![format!("{issuer}/")],
+            }],
+            password_hash_cost: PasswordHashCost::default(),
+            lockout_threshold: 5,
+            lockout_duration: Duration::from_secs(15 * 60),
+            login_ip_burst: 20,
+            login_ip_refill: Duration::from_secs(6),
+            session_ttl: Duration::from_secs(12 * 3600),
+            refresh_token_ttl: Duration::from_secs(8 * 3600),
+            issuer,
         }
+    }
+
+    /// The registered public client `client_id`.
+    pub fn public_client(&self, client_id: &str) -> Option<&PublicClient> {
+        self.public_clients
+            .iter()
+            .find(|c| c.client_id == client_id)
     }
 
     pub(crate) fn validate(&self) -> Result<(), StsError> {
@@ -133,6 +197,20 @@ impl StsConfig {
             if c.client_id.is_empty() || c.uri.is_empty() || c.spiffe_id.is_empty() {
                 return bad(format!("client `{}` is incomplete", c.client_id));
             }
+        }
+        for c in &self.public_clients {
+            if c.client_id.is_empty() || c.redirect_uris.is_empty() {
+                return bad(format!(
+                    "public client `{}` needs a client_id and a redirect uri",
+                    c.client_id
+                ));
+            }
+        }
+        if self.password_hash_cost.memory_kib < 8 || self.password_hash_cost.iterations < 1 {
+            return bad("password_hash_cost is too low".into());
+        }
+        if self.lockout_threshold == 0 || self.login_ip_burst == 0 {
+            return bad("lockout_threshold and login_ip_burst must be positive".into());
         }
         Ok(())
     }

@@ -26,6 +26,8 @@ pub enum StsError {
     AccessDenied { policy: Vec<String>, reason: String },
     #[error("unsupported grant type `{0}`")]
     UnsupportedGrantType(String),
+    #[error("unsupported response type `{0}`")]
+    UnsupportedResponseType(String),
     #[error("{0}")]
     InvalidClient(String),
     /// One of our own tokens failed verification (bad signature, expired…).
@@ -34,6 +36,29 @@ pub enum StsError {
     /// A single-use token id was already consumed.
     #[error("token `{0}` was already used")]
     AlreadyConsumed(String),
+    /// An authorization code or refresh token that is invalid, expired,
+    /// reused, or bound to another client/redirect/verifier.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// Wrong username or password (never says which), or a disabled user.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// Too many failed sign-ins for this account.
+    #[error("account `{0}` is temporarily locked")]
+    AccountLocked(String),
+    /// Too many sign-in attempts from one address.
+    #[error("too many sign-in attempts, try again later")]
+    RateLimited,
+    #[error("user `{0}` already exists")]
+    UserExists(String),
+    #[error("user `{0}` not found")]
+    UserNotFound(String),
+    /// A password or email that may not be used.
+    #[error("{0}")]
+    WeakPassword(String),
+    /// A session or login request without a valid CSRF token.
+    #[error("csrf token mismatch")]
+    CsrfMismatch,
     #[error("consent `{0}` not found")]
     ConsentNotFound(String),
     /// A policy set (or schema) that does not parse or validate; the
@@ -71,8 +96,17 @@ impl StsError {
             Self::InvalidScope(_) => "invalid_scope",
             Self::AccessDenied { .. } => "access_denied",
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Self::UnsupportedResponseType(_) => "unsupported_response_type",
             Self::InvalidClient(_) => "invalid_client",
-            Self::ConsentNotFound(_) => "invalid_request",
+            Self::ConsentNotFound(_)
+            | Self::UserExists(_)
+            | Self::UserNotFound(_)
+            | Self::WeakPassword(_) => "invalid_request",
+            Self::InvalidGrant(_) => "invalid_grant",
+            Self::InvalidCredentials | Self::AccountLocked(_) | Self::CsrfMismatch => {
+                "access_denied"
+            }
+            Self::RateLimited => "temporarily_unavailable",
             Self::InvalidPolicy(_)
             | Self::InvalidConfig(_)
             | Self::Corrupt(_)

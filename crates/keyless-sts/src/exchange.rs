@@ -230,6 +230,13 @@ impl Sts {
             .map_err(|e| invalid_request(format!("subject_token is not valid: {e}")))?;
         trail.user = Some(subject.user_label().to_owned());
         trail.session = subject.sid.clone();
+        // A signed-out or CAEP-revoked session, or a revoked token, ends
+        // here even though the token has not expired.
+        if !self.token_live(&subject).await? {
+            return Err(invalid_request(
+                "subject_token is no longer active (session ended or token revoked)",
+            ));
+        }
         let now = unix_now();
         match &subject.act {
             None => {

@@ -17,54 +17,81 @@
 //! - RAR, RFC 9396 (`rar.rs`): registered types with JSON Schemas.
 //! - Cedar policy at issuance (`policy.rs`, `policies/`): atomic reloads,
 //!   an invalid set is refused and the old one stays in force.
-//! - `http.rs` (the only module that knows axum): `/oauth2/token` (token
-//!   exchange grant), `/oauth2/jwks`, `/.well-known/oauth-authorization-server`,
-//!   `/oauth2/consume`.
+//! - Users and sessions (`signin.rs`): [`Sts::add_user`] (email unique and
+//!   lowercased, Argon2id PHC hashes — the `argon2` crate brings RustCrypto's
+//!   blake2, used for password hashing only), [`Sts::verify_password`]
+//!   (constant work for unknown users, persisted per-account lockout, an
+//!   in-memory per-IP token bucket, `login.*` events), sessions whose `sid`
+//!   every token carries and whose liveness the exchange, consumption,
+//!   refresh, introspection and userinfo check ([`Sts::session_live`],
+//!   [`Sts::logout`], [`Sts::revoke_user_sessions`] for CAEP).
+//! - Sign-in flow (`oidc.rs`): authorization codes (hashed, single use,
+//!   60 s, PKCE S256 only), the `authorization_code` grant (access token
+//!   with `may_act` from the user's live consents, ID token, refresh token),
+//!   refresh rotation with reuse detection (revokes the family and the
+//!   session), userinfo, introspection (RFC 7662) and revocation (RFC 7009)
+//!   through a per-family record of issued access tokens.
+//! - `http.rs` (the only module that knows axum): `/login` (plain HTML form,
+//!   double-submit CSRF cookie), `/oauth2/authorize`, `/oauth2/token`
+//!   (token exchange, `authorization_code`, `refresh_token`),
+//!   `/oauth2/userinfo`, `/oauth2/logout`, `/oauth2/introspect`,
+//!   `/oauth2/revoke`, `/oauth2/jwks`, `/oauth2/consume`,
+//!   `/.well-known/oauth-authorization-server`,
+//!   `/.well-known/openid-configuration`.
 //!
 //! Not done yet (issue 4), for the next session:
-//! - Users (`keyless user add`, Argon2id), `/login` (HTML form + CSRF),
-//!   rate limiting and lockout of password guessing.
-//! - Sessions with `sid` and their liveness check at exchange (today a
-//!   subject token is accepted until it expires), logout.
-//! - `/oauth2/authorize` with PKCE (S256 only), the `authorization_code`
-//!   grant, ID tokens, `/oauth2/userinfo`, OIDC discovery
-//!   (`/.well-known/openid-configuration`).
-//! - Refresh tokens with rotation and reuse detection (reuse revokes the
-//!   family).
-//! - Deriving `may_act` of user access tokens from live consents at sign-in
-//!   ([`Sts::mint_access_token`] takes the list from its caller today).
-//! - `private_key_jwt` client authentication; the public client
-//!   `keyless-console`.
-//! - Introspection (RFC 7662, showing `act` and `authorization_details`)
-//!   and revocation (RFC 7009).
+//! - The per-IP login limit reads `ConnectInfo<SocketAddr>`: the binary must
+//!   serve with `into_make_service_with_connect_info`, else only the
+//!   per-account lockout applies. The limiter is per process.
+//! - Consent screen: `/oauth2/authorize` issues a code as soon as a session
+//!   exists (the console is first-party); `prompt`, `max_age` and
+//!   `id_token_hint` (at logout) are ignored; logout by GET is not
+//!   CSRF-protected. No per-client scope restrictions.
+//! - Introspection answers only for access tokens (refresh tokens come
+//!   back inactive); revocation of a public client's token needs no client
+//!   authentication (holding the token is the proof).
+//! - A user access token's `may_act` is fixed at issuance: a consent
+//!   granted later appears after the next refresh (a revoked consent bites
+//!   at once: the exchange re-reads consents).
+//! - `private_key_jwt` client authentication; confidential clients of the
+//!   code flow.
 //! - DPoP (RFC 9449) / mTLS (RFC 8705) sender-constrained OBO tokens.
 //! - Risk level, approvals and step-up as decision inputs come from the
 //!   caller ([`ExchangeContext`]); wiring them to signals and approvals.
-//! - `keyless policy test` and `keyless consent list|revoke` CLI commands
-//!   (the domain functions exist: [`policy::LoadedPolicies::decide`],
-//!   [`Sts::list_consents`], [`Sts::revoke_consent`]); scheduled signing key
-//!   rotation and purge of consumed ids ([`Sts::rotate_signing_key`],
-//!   [`Sts::purge_consumed`] exist, nothing calls them periodically).
+//! - `keyless user add`, `keyless policy test` and `keyless consent
+//!   list|revoke` CLI commands (the domain functions exist:
+//!   [`Sts::add_user`], [`policy::LoadedPolicies::decide`],
+//!   [`Sts::list_consents`], [`Sts::revoke_consent`]); scheduled signing
+//!   key rotation and purges ([`Sts::rotate_signing_key`],
+//!   [`Sts::purge_consumed`], [`Sts::purge_expired_signin`] exist, nothing
+//!   calls them periodically).
 
 mod config;
 mod db;
 mod error;
 mod exchange;
 pub mod http;
+mod oidc;
 pub mod policy;
 pub mod rar;
 mod service;
+mod signin;
 mod token;
 
-pub use config::{ClientRegistration, MAX_OBO_TTL, MIN_OBO_TTL, ResourceServer, StsConfig};
+pub use config::{
+    CONSOLE_CLIENT_ID, ClientRegistration, MAX_OBO_TTL, MIN_OBO_TTL, PasswordHashCost,
+    PublicClient, ResourceServer, StsConfig,
+};
 pub use db::Consent;
 pub use error::StsError;
 pub use exchange::{
     ExchangeContext, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
     TokenExchangeRequest, TokenExchangeResponse,
 };
+pub use oidc::{AuthorizeRequest, CodeGrant, TokenResponse};
 pub use service::{
     AuthenticatedClient, CLIENT_ASSERTION_TYPE_JWT_SPIFFE, IssuedToken, Sts, UserTokenRequest,
     kinds,
 };
-pub use token::{ACCESS_TOKEN_TYP, AccessTokenClaims, Actor, MayAct, StringList};
+pub use signin::{MIN_PASSWORD_LEN, NewSession, Session, User};
+pub use token::{ACCESS_TOKEN_TYP, AccessTokenClaims, Actor, IdTokenClaims, MayAct, StringList};

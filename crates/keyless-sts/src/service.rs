@@ -37,6 +37,16 @@ pub mod kinds {
     pub const CONSENT_GRANTED: &str = "consent.granted";
     pub const CONSENT_REVOKED: &str = "consent.revoked";
     pub const STS_KEY_ROTATED: &str = "sts_key.rotated";
+    pub const USER_CREATED: &str = "user.created";
+    pub const LOGIN_SUCCESS: &str = "login.success";
+    pub const LOGIN_FAILURE: &str = "login.failure";
+    pub const LOGIN_LOCKED: &str = "login.locked";
+    pub const SESSION_STARTED: &str = "session.started";
+    pub const SESSION_REVOKED: &str = "session.revoked";
+    pub const CODE_ISSUED: &str = "authorization_code.issued";
+    pub const CODE_REUSE_DETECTED: &str = "authorization_code.reuse_detected";
+    pub const REFRESH_REUSE_DETECTED: &str = "refresh.reuse_detected";
+    pub const TOKEN_REVOKED: &str = "token.revoked";
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -101,6 +111,8 @@ pub struct Sts {
     ring: RwLock<Arc<Vec<Arc<SigningKey>>>>,
     last_refresh: Mutex<Option<Instant>>,
     rotate: tokio::sync::Mutex<()>,
+    pub(crate) ip_buckets: Mutex<crate::signin::IpBuckets>,
+    pub(crate) dummy_hash: std::sync::OnceLock<String>,
 }
 
 // === impl Sts ===
@@ -151,6 +163,8 @@ impl Sts {
             ring: RwLock::new(Arc::new(Vec::new())),
             last_refresh: Mutex::new(None),
             rotate: tokio::sync::Mutex::new(()),
+            ip_buckets: Mutex::new(crate::signin::IpBuckets::default()),
+            dummy_hash: std::sync::OnceLock::new(),
         });
         sts.reload_keys().await?;
         let ring = sts.ring();
@@ -328,13 +342,30 @@ impl Sts {
     pub(crate) fn sign(&self, claims: &AccessTokenClaims) -> Result<String, StsError> {
         self.active_key()
             .ok_or_else(|| StsError::Crypto("no active sts signing key".into()))?
-            .sign(claims)
+            .sign(claims, token::ACCESS_TOKEN_TYP)
+    }
+
+    /// Signs an ID token (`typ: JWT`) with the active key.
+    pub(crate) fn sign_id_token(&self, claims: &token::IdTokenClaims) -> Result<String, StsError> {
+        self.active_key()
+            .ok_or_else(|| StsError::Crypto("no active sts signing key".into()))?
+            .sign(claims, "JWT")
     }
 
     // --- user access tokens ---
 
     /// Mints an RFC 9068 access token for a signed-in user.
     pub async fn mint_access_token(&self, req: &UserTokenRequest) -> Result<IssuedToken, StsError> {
+        self.mint_user_token(req, None).await
+    }
+
+    /// [`Sts::mint_access_token`], with the `authorization_details` the
+    /// user approved at `/oauth2/authorize`.
+    pub(crate) async fn mint_user_token(
+        &self,
+        req: &UserTokenRequest,
+        authorization_details: Option<Vec<Value>>,
+    ) -> Result<IssuedToken, StsError> {
         if req.subject.is_empty() || req.client_id.is_empty() {
             return Err(StsError::InvalidRequest(
                 "subject and client_id are required".into(),
@@ -364,7 +395,7 @@ impl Sts {
                 sub: StringList(req.may_act.clone()),
             }),
             act: None,
-            authorization_details: None,
+            authorization_details,
         };
         let token = self.sign(&claims)?;
         let mut event = Event::new(kinds::TOKEN_ISSUED, Outcome::Success)
@@ -488,6 +519,11 @@ impl Sts {
             )));
         }
         let claims = self.verify_access_token(token, Some(&rs.audience)).await?;
+        if !self.token_live(&claims).await? {
+            return Err(StsError::InvalidToken(
+                "the token was revoked or its session ended".into(),
+            ));
+        }
         let Some(act) = &claims.act else {
             return Err(StsError::InvalidRequest("not an on-behalf-of token".into()));
         };

@@ -133,6 +133,22 @@ impl AccessTokenClaims {
     }
 }
 
+/// The claims of an OIDC ID token (`typ: JWT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdTokenClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub auth_time: i64,
+    pub sid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
 /// Whether a signing key still signs or only verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
@@ -202,13 +218,15 @@ impl SigningKey {
         }))
     }
 
-    /// Signs `claims` as a compact JWS with header `{alg: ES256, typ: at+jwt, kid}`.
-    pub(crate) fn sign(&self, claims: &impl Serialize) -> Result<String, StsError> {
+    /// Signs `claims` as a compact JWS with header `{alg: ES256, typ, kid}`
+    /// (`at+jwt` for access tokens, `JWT` for ID tokens: the different
+    /// `typ` keeps an ID token from ever passing as an access token).
+    pub(crate) fn sign(&self, claims: &impl Serialize, typ: &str) -> Result<String, StsError> {
         let signer = self
             .signer
             .as_ref()
             .ok_or_else(|| StsError::Crypto("signing key is not loaded".into()))?;
-        let header = json!({"alg": "ES256", "typ": ACCESS_TOKEN_TYP, "kid": self.kid});
+        let header = json!({"alg": "ES256", "typ": typ, "kid": self.kid});
         let encode = |v: &[u8]| URL_SAFE_NO_PAD.encode(v);
         let json = |e: serde_json::Error| StsError::Crypto(e.to_string());
         let mut token = encode(&serde_json::to_vec(&header).map_err(json)?);
@@ -339,4 +357,27 @@ pub(crate) fn random_id() -> Result<String, StsError> {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).map_err(|_| StsError::Crypto("rng failure".into()))?;
     Ok(URL_SAFE_NO_PAD.encode(b))
+}
+
+/// A random, URL-safe secret (256 bits): codes, refresh tokens, cookies.
+pub(crate) fn random_secret() -> Result<String, StsError> {
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| StsError::Crypto("rng failure".into()))?;
+    Ok(URL_SAFE_NO_PAD.encode(b))
+}
+
+/// The stored form of a secret: base64url SHA-256. Secrets are 256-bit
+/// random, so a plain hash is enough (no salt, no stretching needed).
+pub(crate) fn secret_hash(secret: &str) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, secret.as_bytes()))
+}
+
+/// PKCE S256 (RFC 7636 §4.2): base64url(SHA-256(verifier)).
+pub(crate) fn pkce_s256(verifier: &str) -> String {
+    secret_hash(verifier)
+}
+
+/// Constant-time equality of two strings (CSRF tokens, PKCE challenges).
+pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }

@@ -103,7 +103,7 @@ async fn exchange_issues_an_obo_token_for_exactly_the_granted_call() {
     assert_eq!(claims["aud"], "directory");
     assert_eq!(claims["client_id"], AGENT);
     assert_eq!(claims["authorization_details"], read_users());
-    assert_eq!(claims["sid"], "sid-1");
+    assert_eq!(claims["sid"], jws_part(&user, 1)["sid"]);
     assert!(claims["jti"].as_str().unwrap().len() >= 16);
     assert!(claims.get("refresh_token").is_none());
     // The resource server verifies it for its own audience only.
@@ -122,7 +122,7 @@ async fn exchange_issues_an_obo_token_for_exactly_the_granted_call() {
     assert_eq!(event.kind, "token_exchange.success");
     assert_eq!(event.user.as_deref(), Some(ALICE_EMAIL));
     assert_eq!(event.agent.as_deref(), Some(AGENT));
-    assert_eq!(event.session.as_deref(), Some("sid-1"));
+    assert_eq!(event.session.as_deref(), jws_part(&user, 1)["sid"].as_str());
     assert_eq!(event.tier, Some(1));
     assert_eq!(event.rar_type.as_deref(), Some("directory_read"));
     assert_eq!(event.rar_summary.as_deref(), Some("Read users, limit=50"));
@@ -674,4 +674,29 @@ async fn the_actor_token_type_must_be_jwt_and_requested_types_are_honoured() {
     r.scope = Some("tools".into());
     let resp = exchange(&f, &r).await.unwrap();
     assert_eq!(resp.scope.as_deref(), Some("tools"));
+}
+
+#[tokio::test]
+async fn exchange_is_refused_once_the_session_is_signed_out() {
+    let f = open().await;
+    f.consent(AGENT, &["directory_read"]).await;
+    let (user, sid) = f.user_token_with_sid(&[AGENT]).await;
+    let actor = f.svid(AGENT, ISSUER).await;
+    let req = exchange_request(&user, &actor, "directory", &read_users());
+    exchange(&f, &req).await.unwrap();
+    assert!(f.sts.logout(&sid).await.unwrap());
+    let err = exchange(&f, &req).await.unwrap_err();
+    assert_eq!(err.oauth_code(), "invalid_request");
+    assert!(err.to_string().contains("no longer active"), "{err}");
+}
+
+#[tokio::test]
+async fn exchange_is_refused_after_all_user_sessions_are_revoked() {
+    let f = open().await;
+    f.consent(AGENT, &["directory_read"]).await;
+    let user = f.user_token(&[AGENT]).await;
+    let actor = f.svid(AGENT, ISSUER).await;
+    let req = exchange_request(&user, &actor, "directory", &read_users());
+    assert_eq!(f.sts.revoke_user_sessions(ALICE, "caep").await.unwrap(), 1);
+    assert!(exchange(&f, &req).await.is_err());
 }

@@ -46,7 +46,12 @@ pub async fn open() -> Fixture {
     f
 }
 
-pub async fn open_with(store: Store, keys_dir: &Path, config: StsConfig) -> Fixture {
+pub async fn open_with(store: Store, keys_dir: &Path, mut config: StsConfig) -> Fixture {
+    // Argon2 at production cost takes seconds in a debug build.
+    config.password_hash_cost = keyless_sts::PasswordHashCost {
+        memory_kib: 64,
+        iterations: 1,
+    };
     let keys = Arc::new(FileKeyManager::open(keys_dir).unwrap());
     let events = Arc::new(MemorySink::default());
     let identity = Identity::open(
@@ -104,14 +109,21 @@ impl Fixture {
             .token
     }
 
-    /// Alice's access token, allowing `may_act`.
+    /// Alice's access token (of a live session), allowing `may_act`.
     pub async fn user_token(&self, may_act: &[&str]) -> String {
-        self.sts
+        self.user_token_with_sid(may_act).await.0
+    }
+
+    /// Alice's access token and its session id.
+    pub async fn user_token_with_sid(&self, may_act: &[&str]) -> (String, String) {
+        let sid = self.sts.start_session(ALICE).await.unwrap().session.sid;
+        let token = self
+            .sts
             .mint_access_token(&UserTokenRequest {
                 subject: ALICE.into(),
                 email: Some(ALICE_EMAIL.into()),
                 client_id: "keyless-console".into(),
-                session_id: Some("sid-1".into()),
+                session_id: Some(sid.clone()),
                 scope: Some("openid tools".into()),
                 audience: vec![],
                 may_act: may_act.iter().map(|s| (*s).to_owned()).collect(),
@@ -119,7 +131,8 @@ impl Fixture {
             })
             .await
             .unwrap()
-            .token
+            .token;
+        (token, sid)
     }
 
     pub async fn consent(&self, agent: &str, types: &[&str]) -> keyless_sts::Consent {
