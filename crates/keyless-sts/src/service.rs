@@ -38,6 +38,7 @@ pub mod kinds {
     pub const CONSENT_REVOKED: &str = "consent.revoked";
     pub const STS_KEY_ROTATED: &str = "sts_key.rotated";
     pub const USER_CREATED: &str = "user.created";
+    pub const USER_PASSWORD_RESET: &str = "user.password_reset";
     pub const LOGIN_SUCCESS: &str = "login.success";
     pub const LOGIN_FAILURE: &str = "login.failure";
     pub const LOGIN_LOCKED: &str = "login.locked";

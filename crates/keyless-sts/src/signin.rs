@@ -171,6 +171,45 @@ impl Sts {
         Ok(user)
     }
 
+    /// Sets a new password for an existing user (same rules as
+    /// [`Sts::add_user`]), clears any lockout and ends the user's sessions:
+    /// whoever held the old password is signed out.
+    pub async fn reset_password(&self, email: &str, password: &str) -> Result<User, StsError> {
+        let email = normalize_email(email)?;
+        if password.chars().count() < MIN_PASSWORD_LEN {
+            return Err(StsError::WeakPassword(format!(
+                "the password must have at least {MIN_PASSWORD_LEN} characters"
+            )));
+        }
+        if password.len() > MAX_PASSWORD_LEN {
+            return Err(StsError::WeakPassword("the password is too long".into()));
+        }
+        if password.trim().to_lowercase() == email {
+            return Err(StsError::WeakPassword(
+                "the password may not be the email address".into(),
+            ));
+        }
+        let user = self
+            .find_user(&email)
+            .await?
+            .ok_or_else(|| StsError::UserNotFound(email.clone()))?;
+        let cost = self.config.password_hash_cost;
+        let pw = password.to_owned();
+        let phc = blocking(move || hash_password(cost, &pw)).await?;
+        sqlx::query(
+            "UPDATE sts_users SET password_hash = $1, failed_attempts = 0, locked_until = 0 WHERE id = $2",
+        )
+        .bind(&phc)
+        .bind(&user.id)
+        .execute(self.store.pool())
+        .await?;
+        self.revoke_user_sessions(&user.id, "password reset").await?;
+        self.events
+            .record(Event::new(kinds::USER_PASSWORD_RESET, Outcome::Success).user(email))
+            .await?;
+        Ok(user)
+    }
+
     /// A random password for a generated (demo) user: 144 bits, base64url.
     pub fn generate_password() -> Result<String, StsError> {
         let mut b = [0u8; 18];

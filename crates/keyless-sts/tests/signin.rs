@@ -1020,3 +1020,27 @@ async fn authorization_details_ride_into_the_access_token_and_bad_ones_are_refus
         Some("invalid_authorization_details")
     );
 }
+
+#[tokio::test]
+async fn password_reset_replaces_the_password_and_ends_sessions() {
+    let f = common::open().await;
+    let user = f.sts.add_user("reset@example.com", "first-password-123").await.unwrap();
+    let session = f.sts.start_session(&user.id).await.unwrap();
+    assert!(f.sts.session_live(&session.session.sid).await.unwrap());
+    f.sts
+        .reset_password("reset@example.com", "second-password-456")
+        .await
+        .unwrap();
+    assert!(
+        !f.sts.session_live(&session.session.sid).await.unwrap(),
+        "old sessions end"
+    );
+    assert!(matches!(
+        f.sts.reset_password("reset@example.com", "short").await,
+        Err(StsError::WeakPassword(_))
+    ));
+    assert!(matches!(
+        f.sts.reset_password("nobody@example.com", "long-enough-password").await,
+        Err(StsError::UserNotFound(_))
+    ));
+}

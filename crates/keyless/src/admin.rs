@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use keyless_identity::{Identity, IdentityError, NewEntry};
+use keyless_sts::{Sts, StsError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -24,6 +25,7 @@ use serde_json::json;
 #[derive(Clone)]
 pub struct AdminState {
     pub identity: Arc<Identity>,
+    pub sts: Arc<Sts>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -31,6 +33,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/entries", get(list_entries).post(create_entry))
         .route("/v1/entries/{id}", delete(delete_entry))
         .route("/v1/ca/rotate", post(rotate))
+        .route("/v1/users", post(add_user))
+        .route("/v1/consents", get(list_consents))
+        .route("/v1/consents/{id}", delete(revoke_consent))
         .with_state(state)
 }
 
@@ -119,6 +124,57 @@ fn identity_error(e: IdentityError) -> Response {
         }
     };
     error(status, e)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    email: String,
+    password: String,
+}
+
+async fn add_user(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let new: NewUser = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid user: {e}")),
+    };
+    match s.sts.add_user(&new.email, &new.password).await {
+        Ok(user) => (StatusCode::CREATED, Json(user)).into_response(),
+        Err(e) => sts_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConsentQuery {
+    user: Option<String>,
+}
+
+async fn list_consents(State(s): State<AdminState>, Query(q): Query<ConsentQuery>) -> Response {
+    match s.sts.list_consents(q.user.as_deref()).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => sts_error(e),
+    }
+}
+
+async fn revoke_consent(State(s): State<AdminState>, UrlPath(id): UrlPath<String>) -> Response {
+    match s.sts.revoke_consent(&id).await {
+        Ok(consent) => Json(consent).into_response(),
+        Err(e) => sts_error(e),
+    }
+}
+
+/// STS errors on the admin API: the client's own mistakes say what was
+/// wrong; the rest is logged and summarized.
+fn sts_error(e: StsError) -> Response {
+    match &e {
+        StsError::UserExists(_) => error(StatusCode::CONFLICT, e),
+        StsError::ConsentNotFound(_) | StsError::UserNotFound(_) => error(StatusCode::NOT_FOUND, e),
+        _ if e.is_client_error() => error(StatusCode::BAD_REQUEST, e),
+        _ => {
+            tracing::error!(error = %e, "admin request failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)")
+        }
+    }
 }
 
 // === client ===

@@ -38,6 +38,12 @@ pub enum Command {
     /// Trust-domain CA operations.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Local users of the sign-in service.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Users' consents for agents to act on their behalf.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
     /// Tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -174,4 +180,31 @@ pub struct AuditStoreArgs {
     /// PostgreSQL URL when the fabric runs on PostgreSQL.
     #[arg(long, env = config::ENV_DATABASE_URL)]
     pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input (one line).
+    Add {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// List live consents (all users, or one user's subject id).
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a consent by id: the very next token exchange relying on it fails.
+    Revoke {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        id: String,
+    },
 }

@@ -141,6 +141,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     let admin_listener = admin::bind(&admin_socket)?;
     let admin_router = admin::router(admin::AdminState {
         identity: identity.clone(),
+        sts: sts.clone(),
     });
     let admin_task = {
         let stop = shutdown(shutdown_rx.clone());
@@ -160,13 +161,18 @@ pub async fn run(args: UpArgs) -> CliResult {
     let http_task = {
         let stop = shutdown(shutdown_rx.clone());
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
+            // Peer addresses feed the per-IP sign-in rate limit.
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop)
                 .await
         })
     };
 
     wait_for_socket(&workload_socket).await?;
+    let demo_logins = demo_users(&sts).await?;
 
     let abs_socket = std::fs::canonicalize(&workload_socket).unwrap_or(workload_socket.clone());
     println!("Keyless is up (trust domain {trust_domain})");
@@ -176,6 +182,10 @@ pub async fn run(args: UpArgs) -> CliResult {
     println!("  SPIFFE_ENDPOINT_SOCKET=unix://{}", abs_socket.display());
     println!("  admin socket: {}", admin_socket.display());
     println!("  data dir: {}", data_dir.display());
+    println!("  sign in at {public_url}/login with a demo user (one-time passwords, new at every start):");
+    for (email, password) in &demo_logins {
+        println!("    {email}  {password}");
+    }
     println!("ready");
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "ready");
 
@@ -190,6 +200,24 @@ pub async fn run(args: UpArgs) -> CliResult {
     let _ = std::fs::remove_file(&workload_socket);
     store.close().await;
     Ok(())
+}
+
+/// The demo users of DESIGN.md. Their passwords are new at every start and
+/// shown only on this terminal; existing sessions end with the old password.
+const DEMO_USERS: [&str; 2] = ["alice@example.com", "bob@example.com"];
+
+async fn demo_users(sts: &Sts) -> anyhow::Result<Vec<(String, String)>> {
+    let mut logins = Vec::new();
+    for email in DEMO_USERS {
+        let password = Sts::generate_password()?;
+        if sts.find_user(email).await?.is_some() {
+            sts.reset_password(email, &password).await?;
+        } else {
+            sts.add_user(email, &password).await?;
+        }
+        logins.push((email.to_owned(), password));
+    }
+    Ok(logins)
 }
 
 fn init_tracing() {

@@ -3,6 +3,7 @@
 mod audit;
 mod entry;
 mod svid;
+mod user;
 
 use crate::cli::{CaCommand, Cli, Command};
 use crate::{CliError, CliResult, admin, up};
@@ -29,5 +30,7 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Audit(c) => audit::run(c).await,
+        Command::User(c) => user::run_user(c).await,
+        Command::Consent(c) => user::run_consent(c).await,
     }
 }
