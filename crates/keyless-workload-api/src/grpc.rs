@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 
 use crate::WorkloadApiError;
 use crate::attest::PeerCredentials;
+use crate::h2fix::AuthorityFix;
 use crate::proto;
 use crate::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use crate::workload::{Caller, Workloads};
@@ -85,7 +86,12 @@ impl WorkloadApi {
             shutdown.await;
             stop_tx.send_replace(true);
         };
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        // Every connection goes through `AuthorityFix`, so grpcio clients
+        // (py-spiffe) whose `:authority` `h2` would refuse are served.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            |accepted| accepted.map(AuthorityFix::new),
+        );
         let served = tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(self))
             .serve_with_incoming_shutdown(incoming, signal)
@@ -124,6 +130,17 @@ async fn bind(path: &Path) -> Result<tokio::net::UnixListener, WorkloadApiError>
     let listener = tokio::net::UnixListener::bind(path).map_err(socket_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(socket_err)?;
     Ok(listener)
+}
+
+/// The wrapped connection tells tonic exactly what the bare `UnixStream`
+/// would (tonic's own impl), so attestation still gets the peer's
+/// credentials.
+impl tonic::transport::server::Connected for AuthorityFix<tokio::net::UnixStream> {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::Connected::connect_info(self.get_ref())
+    }
 }
 
 fn check_security_header<T>(request: &Request<T>) -> Result<(), WorkloadApiError> {

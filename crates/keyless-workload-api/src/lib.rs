@@ -13,12 +13,14 @@
 //! entries, minting, audit events), `grpc` (the server: the only module that
 //! maps decisions to the wire), [`client`] (connect + security header, for
 //! `keyless svid fetch` and the agent host), [`proto`] (generated from
-//! `proto/workload.proto`, client and server).
+//! `proto/workload.proto`, client and server), `h2fix` (a connection wrapper
+//! so grpcio clients' percent-encoded `:authority` is not refused by `h2`).
 
 pub mod attest;
 pub mod client;
 mod error;
 mod grpc;
+mod h2fix;
 mod workload;
 
 /// Generated Workload API messages, client and server. The proto has no
