@@ -664,11 +664,7 @@ pub async fn prove_entry(store: &Store, index: u64) -> Result<EntryProof, AuditE
 
 /// Writes entries from index `since` on as JSON Lines, one
 /// [`LogEntry::to_json_line`] per line, for a SIEM. Returns the count.
-pub async fn export<W: Write>(
-    store: &Store,
-    since: u64,
-    mut out: W,
-) -> Result<u64, AuditError> {
+pub async fn export<W: Write>(store: &Store, since: u64, mut out: W) -> Result<u64, AuditError> {
     const PAGE: u64 = 1000;
     let mut next = since;
     let mut count = 0u64;

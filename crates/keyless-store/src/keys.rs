@@ -359,6 +359,7 @@ impl Signer for Ed25519Signer {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use aws_lc_rs::signature::{

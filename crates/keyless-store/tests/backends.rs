@@ -1,4 +1,5 @@
 //! The store's behaviour on both backends: migrations, metadata, placeholders.
+#![allow(clippy::unwrap_used)]
 
 use keyless_store::{Dialect, Store, testing};
 

@@ -203,7 +203,8 @@ impl Sts {
         .bind(&user.id)
         .execute(self.store.pool())
         .await?;
-        self.revoke_user_sessions(&user.id, "password reset").await?;
+        self.revoke_user_sessions(&user.id, "password reset")
+            .await?;
         self.events
             .record(Event::new(kinds::USER_PASSWORD_RESET, Outcome::Success).user(email))
             .await?;

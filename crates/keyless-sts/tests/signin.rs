@@ -1024,7 +1024,11 @@ async fn authorization_details_ride_into_the_access_token_and_bad_ones_are_refus
 #[tokio::test]
 async fn password_reset_replaces_the_password_and_ends_sessions() {
     let f = common::open().await;
-    let user = f.sts.add_user("reset@example.com", "first-password-123").await.unwrap();
+    let user = f
+        .sts
+        .add_user("reset@example.com", "first-password-123")
+        .await
+        .unwrap();
     let session = f.sts.start_session(&user.id).await.unwrap();
     assert!(f.sts.session_live(&session.session.sid).await.unwrap());
     f.sts
@@ -1040,7 +1044,9 @@ async fn password_reset_replaces_the_password_and_ends_sessions() {
         Err(StsError::WeakPassword(_))
     ));
     assert!(matches!(
-        f.sts.reset_password("nobody@example.com", "long-enough-password").await,
+        f.sts
+            .reset_password("nobody@example.com", "long-enough-password")
+            .await,
         Err(StsError::UserNotFound(_))
     ));
 }

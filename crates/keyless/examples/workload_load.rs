@@ -25,7 +25,9 @@ async fn main() {
         let socket = socket.clone();
         let kind = kind.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = client::connect(std::path::Path::new(&socket)).await.unwrap();
+            let mut client = client::connect(std::path::Path::new(&socket))
+                .await
+                .unwrap();
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();

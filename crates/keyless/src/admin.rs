@@ -172,7 +172,10 @@ fn sts_error(e: StsError) -> Response {
         _ if e.is_client_error() => error(StatusCode::BAD_REQUEST, e),
         _ => {
             tracing::error!(error = %e, "admin request failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)")
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error (see the server log)",
+            )
         }
     }
 }

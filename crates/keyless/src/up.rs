@@ -167,7 +167,7 @@ pub async fn run(args: UpArgs) -> CliResult {
                 router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
             .with_graceful_shutdown(stop)
-                .await
+            .await
         })
     };
 
@@ -182,7 +182,9 @@ pub async fn run(args: UpArgs) -> CliResult {
     println!("  SPIFFE_ENDPOINT_SOCKET=unix://{}", abs_socket.display());
     println!("  admin socket: {}", admin_socket.display());
     println!("  data dir: {}", data_dir.display());
-    println!("  sign in at {public_url}/login with a demo user (one-time passwords, new at every start):");
+    println!(
+        "  sign in at {public_url}/login with a demo user (one-time passwords, new at every start):"
+    );
     for (email, password) in &demo_logins {
         println!("    {email}  {password}");
     }
