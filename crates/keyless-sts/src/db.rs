@@ -122,6 +122,15 @@ pub(crate) async fn insert_consent(store: &Store, c: &Consent) -> Result<(), Sts
     Ok(())
 }
 
+/// The consent `id`, live or revoked.
+pub(crate) async fn get_consent(store: &Store, id: &str) -> Result<Option<Consent>, StsError> {
+    let row = sqlx::query("SELECT * FROM sts_consents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.as_ref().map(consent_from_row).transpose()
+}
+
 /// Consents of `user` (all, or only live ones), oldest first.
 pub(crate) async fn list_consents(
     store: &Store,

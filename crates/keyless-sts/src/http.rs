@@ -12,7 +12,12 @@
 //!
 //! - `GET|POST /login`: the sign-in form (plain HTML: `username`,
 //!   `password`, `csrf`, `return_to`), CSRF by double-submit cookie
-//!   (`keyless_csrf`), session cookie `keyless_session`.
+//!   (`keyless_csrf`), session cookie `keyless_session`. `return_to` is the
+//!   query of a pending authorization request, or one of our own paths
+//!   (`/…`, e.g. the consent page): never a URL.
+//! - `GET|POST /consent`, `GET /api/consents`, `DELETE /api/consents/{id}`:
+//!   the consent screen and the signed-in user's own consents
+//!   (`http/consent.rs`).
 //! - `GET /oauth2/authorize`: authorization code + PKCE S256.
 //! - `POST /oauth2/token` also serves `authorization_code` and
 //!   `refresh_token` for public clients (`client_id`, no secret).
@@ -43,6 +48,8 @@ use crate::exchange::{ExchangeContext, GRANT_TYPE_TOKEN_EXCHANGE, TokenExchangeR
 use crate::service::{AuthenticatedClient, CLIENT_ASSERTION_TYPE_JWT_SPIFFE};
 use crate::{Sts, StsError};
 
+mod consent;
+
 /// Longest form body accepted at the token endpoints.
 const MAX_FORM_LEN: usize = 64 * 1024;
 
@@ -63,6 +70,9 @@ pub fn router(sts: Arc<Sts>) -> Router {
         .route("/oauth2/logout", get(logout).post(logout))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
+        .route("/consent", get(consent::page).post(consent::submit))
+        .route("/api/consents", get(consent::list))
+        .route("/api/consents/{id}", axum::routing::delete(consent::revoke))
         .with_state(sts)
 }
 
@@ -541,6 +551,32 @@ fn valid_return_to(r: &str) -> bool {
     r.len() <= 8 * 1024 && !r.contains(['\r', '\n', '#'])
 }
 
+/// Whether `p` is a path on this server and nothing else: one leading `/`
+/// (`//host` would be another origin), printable ASCII only (browsers drop
+/// tabs and newlines and read `\` as `/`, which could make `/\host` into
+/// `//host`), no fragment.
+fn own_path(p: &str) -> bool {
+    p.len() <= 8 * 1024
+        && p.starts_with('/')
+        && !p.starts_with("//")
+        && p.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'\\' && b != b'#')
+}
+
+/// Where a sign-in returns: nothing → `/`; one of our own paths (a value
+/// starting with `/`, e.g. the consent page) → that path; anything else is
+/// the query of a pending authorization request → `/oauth2/authorize?…`.
+/// `None` for a value that is neither.
+fn login_destination(return_to: &str) -> Option<String> {
+    if return_to.is_empty() {
+        Some("/".to_owned())
+    } else if return_to.starts_with('/') {
+        own_path(return_to).then(|| return_to.to_owned())
+    } else {
+        valid_return_to(return_to).then(|| format!("/oauth2/authorize?{return_to}"))
+    }
+}
+
 fn login_form(csrf: &str, return_to: &str, message: Option<&str>) -> String {
     let msg = message
         .map(|m| format!("<p role=\"alert\">{}</p>", escape(m)))
@@ -566,7 +602,7 @@ async fn login_page(State(sts): State<Arc<Sts>>, req: axum::extract::Request) ->
         .find(|(k, _)| k == "return_to")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    if !valid_return_to(&return_to) {
+    if login_destination(&return_to).is_none() {
         return error_page(&StsError::InvalidRequest("invalid return_to".into()));
     }
     let csrf = match crate::token::random_secret() {
@@ -605,9 +641,9 @@ async fn login_submit(State(sts): State<Arc<Sts>>, req: axum::extract::Request) 
         return error_page(&StsError::CsrfMismatch);
     }
     let return_to = field("return_to");
-    if !valid_return_to(&return_to) {
+    let Some(location) = login_destination(&return_to) else {
         return error_page(&StsError::InvalidRequest("invalid return_to".into()));
-    }
+    };
     match sts
         .verify_password(&field("username"), &field("password"), ip)
         .await
@@ -618,11 +654,6 @@ async fn login_submit(State(sts): State<Arc<Sts>>, req: axum::extract::Request) 
                 Err(e) => return error_page(&e),
             };
             let ttl = crate::service::secs(sts.config().session_ttl);
-            let location = if return_to.is_empty() {
-                "/".to_owned()
-            } else {
-                format!("/oauth2/authorize?{return_to}")
-            };
             redirect(
                 &location,
                 &[set_cookie(&sts, SESSION_COOKIE, &new.cookie, Some(ttl))],

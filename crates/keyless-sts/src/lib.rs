@@ -37,14 +37,21 @@
 //!   `/oauth2/userinfo`, `/oauth2/logout`, `/oauth2/introspect`,
 //!   `/oauth2/revoke`, `/oauth2/jwks`, `/oauth2/consume`,
 //!   `/.well-known/oauth-authorization-server`,
-//!   `/.well-known/openid-configuration`.
+//!   `/.well-known/openid-configuration`; and (`http/consent.rs`) the
+//!   consent page `GET|POST /consent?agent=…&types=…[&scopes=…]` (signed-in
+//!   user, same double-submit CSRF as `/login`, Approve grants, Deny leaves
+//!   only a `consent.denied` event; `/login`'s `return_to` may now also be
+//!   one of our own paths) and the console's `GET /api/consents`,
+//!   `DELETE /api/consents/{id}` (session cookie, the user's own consents
+//!   only, `X-Keyless-CSRF` header = the CSRF cookie, which `GET` hands out).
 //!
 //! Not done yet (issue 4), for the next session:
-//! - The per-IP login limit reads `ConnectInfo<SocketAddr>`: the binary must
-//!   serve with `into_make_service_with_connect_info`, else only the
-//!   per-account lockout applies. The limiter is per process.
-//! - Consent screen: `/oauth2/authorize` issues a code as soon as a session
-//!   exists (the console is first-party); `prompt`, `max_age` and
+//! - The per-IP login limit reads `ConnectInfo<SocketAddr>` (the binary
+//!   serves with `into_make_service_with_connect_info`); the limiter is per
+//!   process, so replicas each count their own.
+//! - `/oauth2/authorize` shows no consent screen: it issues a code as soon
+//!   as a session exists (the console is first-party; agent consent is the
+//!   separate `/consent` page); `prompt`, `max_age` and
 //!   `id_token_hint` (at logout) are ignored; logout by GET is not
 //!   CSRF-protected. No per-client scope restrictions.
 //! - Introspection answers only for access tokens (refresh tokens come
@@ -58,10 +65,12 @@
 //! - DPoP (RFC 9449) / mTLS (RFC 8705) sender-constrained OBO tokens.
 //! - Risk level, approvals and step-up as decision inputs come from the
 //!   caller ([`ExchangeContext`]); wiring them to signals and approvals.
-//! - `keyless user add`, `keyless policy test` and `keyless consent
-//!   list|revoke` CLI commands (the domain functions exist:
-//!   [`Sts::add_user`], [`policy::LoadedPolicies::decide`],
-//!   [`Sts::list_consents`], [`Sts::revoke_consent`]); scheduled signing
+//! - `/api/consents` sits in the STS router while DESIGN.md gives `/api/*`
+//!   to the console: when `keyless-console` lands, it must not route the
+//!   same paths (or should take these over, calling
+//!   [`Sts::list_consents`] / [`Sts::revoke_user_consent`]).
+//! - `keyless policy test` CLI command (the domain function exists:
+//!   [`policy::LoadedPolicies::decide`]); scheduled signing
 //!   key rotation and purges ([`Sts::rotate_signing_key`],
 //!   [`Sts::purge_consumed`], [`Sts::purge_expired_signin`] exist, nothing
 //!   calls them periodically).

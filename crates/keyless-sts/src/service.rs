@@ -36,6 +36,7 @@ pub mod kinds {
     pub const TOKEN_REPLAY_DENIED: &str = "token.replay_denied";
     pub const CONSENT_GRANTED: &str = "consent.granted";
     pub const CONSENT_REVOKED: &str = "consent.revoked";
+    pub const CONSENT_DENIED: &str = "consent.denied";
     pub const STS_KEY_ROTATED: &str = "sts_key.rotated";
     pub const USER_CREATED: &str = "user.created";
     pub const USER_PASSWORD_RESET: &str = "user.password_reset";
@@ -483,6 +484,38 @@ impl Sts {
             )
             .await?;
         Ok(consent)
+    }
+
+    /// Revokes consent `id` on behalf of `user` (a subject id): only the
+    /// user's own consent; someone else's, an unknown or an already revoked
+    /// one are all [`StsError::ConsentNotFound`] (nothing tells them apart).
+    pub async fn revoke_user_consent(&self, user: &str, id: &str) -> Result<Consent, StsError> {
+        match db::get_consent(&self.store, id).await? {
+            Some(c) if c.user == user && c.revoked_at.is_none() => self.revoke_consent(id).await,
+            _ => Err(StsError::ConsentNotFound(id.to_owned())),
+        }
+    }
+
+    /// Records that `user` refused to let `agent` act for them (nothing is
+    /// stored but the `consent.denied` event).
+    pub async fn record_consent_denied(
+        &self,
+        user: &str,
+        agent: &str,
+        rar_types: &[String],
+        scopes: &[String],
+    ) -> Result<(), StsError> {
+        self.events
+            .record(
+                Event::new(kinds::CONSENT_DENIED, Outcome::Denied)
+                    .user(user)
+                    .agent(agent)
+                    .reason("the user denied the consent request")
+                    .detail("rar_types", rar_types.to_vec())
+                    .detail("scopes", scopes.to_vec()),
+            )
+            .await?;
+        Ok(())
     }
 
     // --- single use ---
