@@ -44,6 +44,9 @@ pub enum Command {
     /// Users' consents for agents to act on their behalf.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    /// Cedar policy of the token service.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -207,4 +210,49 @@ pub enum ConsentCommand {
         data_dir: DataDirArg,
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Evaluate one token-exchange decision offline: prints `allow` (exit 0)
+    /// or `deny: <policy id>: <reason>` (exit 1).
+    Test(PolicyTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyTestArgs {
+    /// Directory of `*.cedar` files (and optionally `schema.cedarschema`); default: the embedded policies.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// The agent's SPIFFE ID (principal).
+    #[arg(long)]
+    pub agent: String,
+    /// The action, e.g. `list_users`, `delete_user`, `transfer_funds`.
+    #[arg(long)]
+    pub action: String,
+    /// The target resource server's audience, e.g. `directory`, `bank`.
+    #[arg(long)]
+    pub resource: String,
+    /// The RAR type of the request.
+    #[arg(long, default_value = "tool_call")]
+    pub rar_type: String,
+    #[arg(long, default_value = "alice@example.com")]
+    pub user: String,
+    /// 1 read, 2 write, 3 sensitive, 4 blocked.
+    #[arg(long, default_value_t = 1)]
+    pub tier: u8,
+    #[arg(long)]
+    pub amount: Option<f64>,
+    #[arg(long)]
+    pub currency: Option<String>,
+    #[arg(long)]
+    pub destination: Option<String>,
+    #[arg(long, default_value = "low")]
+    pub risk_level: String,
+    #[arg(long, default_value_t = 0)]
+    pub approvals: u32,
+    #[arg(long)]
+    pub step_up: bool,
+    #[arg(long, default_value_t = 60)]
+    pub session_age_secs: i64,
 }

@@ -24,6 +24,8 @@ pub enum CliError {
     Usage(String),
     /// Anything else: exit 1.
     Failed(anyhow::Error),
+    /// The command already printed its answer; exit with this code.
+    Exit(u8),
 }
 
 impl From<anyhow::Error> for CliError {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(2)
         }
+        Err(CliError::Exit(code)) => ExitCode::from(code),
         Err(CliError::Failed(e)) => {
             // One line: the chain of causes joined, no backtrace.
             eprintln!("error: {e:#}");

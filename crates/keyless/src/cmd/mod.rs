@@ -2,6 +2,7 @@
 
 mod audit;
 mod entry;
+mod policy;
 mod svid;
 mod user;
 
@@ -30,6 +31,7 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Audit(c) => audit::run(c).await,
+        Command::Policy(c) => policy::run(c),
         Command::User(c) => user::run_user(c).await,
         Command::Consent(c) => user::run_consent(c).await,
     }
