@@ -17,6 +17,7 @@ use keyless_store::Signer;
 use serde_json::{Map, Value, json};
 
 use crate::ca::AuthorityState;
+use crate::memo::{SignatureMemo, TokenDigest};
 use crate::{IdentityError, SpiffeId, TrustDomain, ValidatedJwtSvid};
 
 /// Longest token accepted for validation; JWT-SVIDs are a few hundred bytes.
@@ -147,6 +148,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
 /// whose subject belongs to `td`, at Unix time `now` (seconds).
 pub(crate) fn validate(
     keys: &[Arc<JwtKey>],
+    memo: &SignatureMemo,
     token: &str,
     audience: &str,
     td: &TrustDomain,
@@ -196,12 +198,16 @@ pub(crate) fn validate(
     if alg != "ES256" {
         return Err(bad(format!("algorithm `{alg}` does not match the key")));
     }
-    let signature = decode_part(sig_b64, "signature")?;
-    let signing_input_len = header_b64.len() + 1 + claims_b64.len();
-    let signing_input = token.get(..signing_input_len).unwrap_or_default();
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public_key)
-        .verify(signing_input.as_bytes(), &signature)
-        .map_err(|_| bad("signature verification failed"))?;
+    let digest = TokenDigest::of(token);
+    if !memo.contains(digest, &key.public_key) {
+        let signature = decode_part(sig_b64, "signature")?;
+        let signing_input_len = header_b64.len() + 1 + claims_b64.len();
+        let signing_input = token.get(..signing_input_len).unwrap_or_default();
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public_key)
+            .verify(signing_input.as_bytes(), &signature)
+            .map_err(|_| bad("signature verification failed"))?;
+        memo.insert(digest, &key.public_key);
+    }
 
     let claims = decode_json(claims_b64, "payload")?;
     let exp = numeric_date(&claims, "exp")?.ok_or_else(|| bad("missing `exp`"))?;

@@ -17,6 +17,7 @@ mod entry;
 mod error;
 pub mod http;
 mod jwt;
+pub mod memo;
 mod rotation;
 mod selector;
 mod service;

@@ -24,6 +24,7 @@ use tokio::sync::{Mutex, watch};
 use crate::ca::{self, AuthorityState, CaGeneration, from_millis, millis};
 use crate::db::{self, Kind};
 use crate::jwt::{self, JwtKey};
+use crate::memo::SignatureMemo;
 use crate::rotation::{self, Lifecycle, Plan, Reason, Target};
 use crate::{
     IdentityError, JwtSvid, NewEntry, RegistrationEntry, Selector, TrustDomain, ValidatedJwtSvid,
@@ -140,6 +141,8 @@ pub struct Identity {
     /// Serializes every change (entries and rotation).
     mutate: Mutex<()>,
     changes: watch::Sender<u64>,
+    /// JWT-SVID signatures already verified (see `memo.rs`).
+    memo: SignatureMemo,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -187,6 +190,7 @@ impl Identity {
             state: RwLock::new(Arc::new(State::default())),
             mutate: Mutex::new(()),
             changes,
+            memo: SignatureMemo::default(),
         });
         identity.rotation_tick(SystemTime::now()).await?;
         Ok(identity)
@@ -438,6 +442,7 @@ impl Identity {
         let state = self.snapshot();
         jwt::validate(
             &state.jwt_keys,
+            &self.memo,
             token,
             audience,
             &self.config.trust_domain,

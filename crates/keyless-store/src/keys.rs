@@ -1,10 +1,12 @@
-//! The key manager: where CA, JWT and checkpoint signing keys live.
+//! The key manager: where CA, JWT and checkpoint signing keys and the
+//! key-encryption keys (KEKs) of envelope encryption live.
 //!
-//! Callers never see private key bytes: they get a [`Signer`] that signs.
-//! That is what lets a PKCS#11 token or a cloud KMS plug in behind the same
-//! trait later. The embedded backend, [`FileKeyManager`], keeps one PKCS#8
-//! file per key under `DIR/keys/` (directory 0700, files 0600) and never logs
-//! key material.
+//! Callers never see private key bytes: they get a [`Signer`] that signs or a
+//! [`Sealer`] that seals and opens (AES-256-GCM). That is what lets a PKCS#11
+//! token or a cloud KMS plug in behind the same traits later. The embedded
+//! backend, [`FileKeyManager`], keeps one file per key under `DIR/keys/`
+//! (directory 0700, files 0600): PKCS#8 for signing keys, 32 raw bytes for a
+//! KEK (`NAME.aes256gcm.key`). It never logs key material.
 
 use std::collections::HashMap;
 use std::fs;
@@ -14,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
     KeyPair,
@@ -54,7 +57,24 @@ pub trait Signer: Send + Sync + std::fmt::Debug {
     fn sign_der(&self, message: &[u8]) -> Result<Vec<u8>, StoreError>;
 }
 
-/// Holds signing keys by name.
+/// An AES-256-GCM key-encryption key held by the key manager; its secret never leaves it.
+///
+/// Nonces are random (96 bits), so one KEK must not seal more than about 2^32
+/// messages; wrapping one data key per secret stays far below that.
+pub trait Sealer: Send + Sync + std::fmt::Debug {
+    /// The key's name in the key manager (store it next to what it sealed,
+    /// so a newer KEK can be introduced without losing the older ones).
+    fn name(&self) -> &str;
+    /// nonce ‖ ciphertext ‖ tag, authenticated with `aad`.
+    fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError>;
+    /// Fails ([`StoreError::Unseal`]) if the ciphertext or the aad was altered or moved.
+    fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError>;
+}
+
+/// Bytes a [`Sealer`] adds to a plaintext: the nonce and the GCM tag.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
+
+/// Holds signing keys and key-encryption keys by name.
 #[async_trait]
 pub trait KeyManager: Send + Sync + std::fmt::Debug {
     /// Creates a new key; fails with [`StoreError::KeyExists`] if the name is taken.
@@ -63,8 +83,12 @@ pub trait KeyManager: Send + Sync + std::fmt::Debug {
     async fn load(&self, name: &str) -> Result<Arc<dyn Signer>, StoreError>;
     /// Destroys a key. Destroying a missing key is not an error.
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
-    /// Names of every key held.
+    /// Names of every key held (signing keys and KEKs).
     async fn list(&self) -> Result<Vec<String>, StoreError>;
+    /// Loads the named AES-256-GCM key-encryption key, creating it on first
+    /// use (a private 0600 file for the embedded backend). Two processes
+    /// creating the same name at once end up with the same key.
+    async fn sealer(&self, name: &str) -> Result<Arc<dyn Sealer>, StoreError>;
     /// One line saying where keys live and how they are protected (for `doctor`).
     fn describe(&self) -> String;
 }
@@ -83,6 +107,17 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Overwrites key bytes before they are freed; `black_box` keeps the
+/// compiler from removing the writes as dead stores (best effort, no `unsafe`).
+fn wipe(buf: &mut [u8]) {
+    buf.fill(0);
+    std::hint::black_box(buf);
+}
+
+/// File suffix of a KEK held by [`FileKeyManager`].
+const KEK_SUFFIX: &str = "aes256gcm.key";
+const KEK_LEN: usize = 32;
+
 // === impl FileKeyManager ===
 
 /// The embedded key manager: PKCS#8 files under a private directory.
@@ -90,6 +125,7 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
 pub struct FileKeyManager {
     dir: PathBuf,
     cache: Mutex<HashMap<String, Arc<dyn Signer>>>,
+    sealers: Mutex<HashMap<String, Arc<dyn Sealer>>>,
 }
 
 impl FileKeyManager {
@@ -117,6 +153,7 @@ impl FileKeyManager {
         Ok(Self {
             dir: dir.to_owned(),
             cache: Mutex::new(HashMap::new()),
+            sealers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -129,6 +166,59 @@ impl FileKeyManager {
             .into_iter()
             .map(|alg| (self.path_for(name, alg), alg))
             .find(|(p, _)| p.exists())
+    }
+
+    fn kek_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{KEK_SUFFIX}"))
+    }
+
+    /// Reads a KEK file, or creates it if absent without ever replacing one
+    /// that exists: the new key is written to a private temp file, fsynced,
+    /// then hard-linked into place (which fails if another process won).
+    fn read_or_create_kek(&self, name: &str) -> Result<Arc<dyn Sealer>, StoreError> {
+        let path = self.kek_path(name);
+        let io = |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if !path.exists() {
+            let mut key = [0u8; KEK_LEN];
+            SystemRandom::new()
+                .fill(&mut key)
+                .map_err(|_| StoreError::InvalidKey(name.to_owned()))?;
+            static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = self
+                .dir
+                .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+            let written = (|| {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&key)?;
+                f.sync_all()
+            })();
+            wipe(&mut key);
+            let linked = written.and_then(|()| fs::hard_link(&tmp, &path));
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    if let Ok(d) = fs::File::open(&self.dir) {
+                        let _ = d.sync_all();
+                    }
+                    tracing::info!(key = name, "generated key-encryption key");
+                }
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        let mut bytes = fs::read(&path).map_err(io)?;
+        let sealer = AesGcmSealer::new(name, &bytes);
+        wipe(&mut bytes);
+        Ok(Arc::new(sealer?))
     }
 
     fn cached(&self, name: &str) -> Option<Arc<dyn Signer>> {
@@ -213,7 +303,16 @@ impl KeyManager for FileKeyManager {
         if let Ok(mut cache) = self.cache.lock() {
             cache.remove(name);
         }
-        if let Some((path, _)) = self.find(name) {
+        if let Ok(mut sealers) = self.sealers.lock() {
+            sealers.remove(name);
+        }
+        let kek = self.kek_path(name);
+        let paths = self
+            .find(name)
+            .map(|(p, _)| p)
+            .into_iter()
+            .chain(kek.exists().then_some(kek));
+        for path in paths {
             fs::remove_file(&path).map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
                 source,
@@ -234,19 +333,38 @@ impl KeyManager for FileKeyManager {
                 .file_name()
                 .to_string_lossy()
                 .into_owned();
-            for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Ed25519] {
-                if let Some(n) = file.strip_suffix(&format!(".{}", alg.file_suffix())) {
+            let suffixes = [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Ed25519]
+                .map(KeyAlgorithm::file_suffix)
+                .into_iter()
+                .chain([KEK_SUFFIX]);
+            for suffix in suffixes {
+                if let Some(n) = file.strip_suffix(&format!(".{suffix}"))
+                    && !n.starts_with('.')
+                {
                     names.push(n.to_owned());
                 }
             }
         }
         names.sort();
+        names.dedup();
         Ok(names)
+    }
+
+    async fn sealer(&self, name: &str) -> Result<Arc<dyn Sealer>, StoreError> {
+        validate_name(name)?;
+        if let Some(s) = self.sealers.lock().ok().and_then(|c| c.get(name).cloned()) {
+            return Ok(s);
+        }
+        let sealer = self.read_or_create_kek(name)?;
+        if let Ok(mut sealers) = self.sealers.lock() {
+            sealers.insert(name.to_owned(), sealer.clone());
+        }
+        Ok(sealer)
     }
 
     fn describe(&self) -> String {
         format!(
-            "file key manager at {} (PKCS#8 files, directory 0700, files 0600, not encrypted)",
+            "file key manager at {} (PKCS#8 and raw AES-256 key files, directory 0700, files 0600, not encrypted)",
             self.dir.display()
         )
     }
@@ -358,8 +476,73 @@ impl Signer for Ed25519Signer {
     }
 }
 
+// === impl AesGcmSealer ===
+
+/// A KEK in memory. aws-lc keeps the key schedule in memory it cleanses
+/// when the key is dropped; the raw bytes are zeroed right after loading.
+struct AesGcmSealer {
+    name: String,
+    key: RandomizedNonceKey,
+}
+
+impl AesGcmSealer {
+    fn new(name: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        if bytes.len() != KEK_LEN {
+            return Err(StoreError::InvalidKey(name.to_owned()));
+        }
+        let key = RandomizedNonceKey::new(&AES_256_GCM, bytes)
+            .map_err(|_| StoreError::InvalidKey(name.to_owned()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+        })
+    }
+}
+
+// Deliberately prints no key material.
+impl std::fmt::Debug for AesGcmSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AesGcmSealer")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Sealer for AesGcmSealer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut body = Vec::with_capacity(plaintext.len() + 16);
+        body.extend_from_slice(plaintext);
+        let nonce = self
+            .key
+            .seal_in_place_append_tag(Aad::from(aad), &mut body)
+            .map_err(|_| StoreError::Seal(self.name.clone()))?;
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(nonce.as_ref());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let fail = || StoreError::Unseal(self.name.clone());
+        let (nonce, body) = sealed.split_at_checked(NONCE_LEN).ok_or_else(fail)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| fail())?;
+        let mut buf = body.to_vec();
+        let len = self
+            .key
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| fail())?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use aws_lc_rs::signature::{
@@ -435,6 +618,117 @@ mod tests {
                 Err(StoreError::InvalidKeyName(_))
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn sealer_round_trips_and_rejects_altered_or_moved_ciphertexts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("k");
+        let km = FileKeyManager::open(&dir).unwrap();
+        let kek = km.sealer("kek-1").await.unwrap();
+        assert_eq!(kek.name(), "kek-1");
+        let file = dir.join("kek-1.aes256gcm.key");
+        let meta = fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 32);
+
+        let sealed = kek.seal(b"data key", b"path-a").unwrap();
+        assert_eq!(sealed.len(), b"data key".len() + SEAL_OVERHEAD);
+        assert!(!sealed.windows(8).any(|w| w == b"data key"));
+        assert_eq!(kek.open(&sealed, b"path-a").unwrap(), b"data key");
+        // Random nonces: the same plaintext never seals to the same bytes.
+        assert_ne!(kek.seal(b"data key", b"path-a").unwrap(), sealed);
+
+        let unseal = |r: Result<Vec<u8>, StoreError>| matches!(r, Err(StoreError::Unseal(n)) if n == "kek-1");
+        assert!(unseal(kek.open(&sealed, b"path-b")), "moved to other aad");
+        for i in [0, NONCE_LEN, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(unseal(kek.open(&bad, b"path-a")), "flipped byte {i}");
+        }
+        assert!(unseal(kek.open(&sealed[..NONCE_LEN + 3], b"path-a")));
+        assert!(unseal(kek.open(&[], b"path-a")));
+
+        // Another KEK cannot open it.
+        let other = km.sealer("kek-2").await.unwrap();
+        assert!(matches!(
+            other.open(&sealed, b"path-a"),
+            Err(StoreError::Unseal(_))
+        ));
+        assert!(
+            format!("{kek:?}").len() < 60,
+            "debug output must not carry key material"
+        );
+
+        // A restart reloads the same key from its file.
+        let km2 = FileKeyManager::open(&dir).unwrap();
+        let again = km2.sealer("kek-1").await.unwrap();
+        assert_eq!(again.open(&sealed, b"path-a").unwrap(), b"data key");
+    }
+
+    #[tokio::test]
+    async fn sealers_list_delete_and_refuse_bad_names_or_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("k");
+        let km = FileKeyManager::open(&dir).unwrap();
+        km.sealer("kek-1").await.unwrap();
+        km.generate("ca-1", KeyAlgorithm::EcdsaP256).await.unwrap();
+        assert_eq!(km.list().await.unwrap(), vec!["ca-1", "kek-1"]);
+        for bad in ["", "../x", "a/b", ".kek"] {
+            assert!(matches!(
+                km.sealer(bad).await,
+                Err(StoreError::InvalidKeyName(_))
+            ));
+        }
+        km.delete("kek-1").await.unwrap();
+        assert!(!dir.join("kek-1.aes256gcm.key").exists());
+        assert_eq!(km.list().await.unwrap(), vec!["ca-1"]);
+        // Deleting forgets the cached key too: asking again makes a new one.
+        let fresh = km.sealer("kek-1").await.unwrap();
+        assert!(dir.join("kek-1.aes256gcm.key").exists());
+        let _ = fresh;
+
+        // A truncated key file is refused, not padded or replaced.
+        fs::write(dir.join("short.aes256gcm.key"), [1u8; 16]).unwrap();
+        let km2 = FileKeyManager::open(&dir).unwrap();
+        assert!(matches!(
+            km2.sealer("short").await,
+            Err(StoreError::InvalidKey(_))
+        ));
+        assert_eq!(
+            fs::read(dir.join("short.aes256gcm.key")).unwrap(),
+            [1u8; 16]
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_use_yields_one_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("k");
+        let managers: Vec<_> = (0..4)
+            .map(|_| Arc::new(FileKeyManager::open(&dir).unwrap()))
+            .collect();
+        let tasks: Vec<_> = managers
+            .iter()
+            .map(|m| {
+                let m = m.clone();
+                tokio::spawn(async move { m.sealer("shared").await.unwrap() })
+            })
+            .collect();
+        let mut sealers = Vec::new();
+        for t in tasks {
+            sealers.push(t.await.unwrap());
+        }
+        let sealed = sealers[0].seal(b"x", b"").unwrap();
+        for s in &sealers {
+            assert_eq!(s.open(&sealed, b"").unwrap(), b"x");
+        }
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

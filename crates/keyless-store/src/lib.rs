@@ -22,7 +22,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
-pub use keys::{FileKeyManager, KeyAlgorithm, KeyManager, Signer};
+pub use keys::{FileKeyManager, KeyAlgorithm, KeyManager, SEAL_OVERHEAD, Sealer, Signer};
 pub use sqlx;
 
 /// Errors of the store and the key manager.
@@ -52,6 +52,12 @@ pub enum StoreError {
     InvalidKey(String),
     #[error("signing with key `{0}` failed")]
     Signing(String),
+    #[error("sealing with key `{0}` failed")]
+    Seal(String),
+    #[error(
+        "ciphertext did not authenticate under key `{0}` (altered, moved, or sealed by another key)"
+    )]
+    Unseal(String),
     #[error("key store i/o error on `{path}`: {source}")]
     Io {
         path: String,
@@ -73,6 +79,18 @@ pub enum Dialect {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Kept for LISTEN connections (PostgreSQL); never printed.
+    url: SecretUrl,
+}
+
+/// A database URL that may hold a password: `Debug` shows it redacted.
+#[derive(Clone)]
+struct SecretUrl(std::sync::Arc<str>);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
 }
 
 // === impl Store ===
@@ -127,7 +145,11 @@ impl Store {
                     .await?
             }
         };
-        let store = Self { pool, dialect };
+        let store = Self {
+            pool,
+            dialect,
+            url: SecretUrl(url.into()),
+        };
         migrate::run(&store).await?;
         Ok(store)
     }
@@ -135,6 +157,35 @@ impl Store {
     /// The connection pool, for domain crates' queries.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A dedicated connection LISTENing on `channel` (PostgreSQL), so that
+    /// replicas sharing the database learn of each other's changes (e.g.
+    /// revocations that must bite everywhere at once). `None` on SQLite,
+    /// where one process owns the database.
+    pub async fn listen(
+        &self,
+        channel: &str,
+    ) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url.0).await?;
+        listener.listen(channel).await?;
+        Ok(Some(listener))
+    }
+
+    /// Sends a notification on `channel` to every listener (PostgreSQL;
+    /// nothing to do on SQLite).
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     pub fn dialect(&self) -> Dialect {

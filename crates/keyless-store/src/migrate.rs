@@ -34,6 +34,8 @@ const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_audit"),
     migration!(4, "0004_sts"),
     migration!(5, "0005_sts_users"),
+    migration!(6, "0006_secrets"),
+    migration!(7, "0007_secrets_database"),
 ];
 
 pub(crate) async fn current_version(store: &Store) -> Result<i64, StoreError> {

@@ -49,6 +49,24 @@ pub struct ClientRegistration {
     pub uri: String,
 }
 
+/// A confidential client that authenticates with `private_key_jwt`
+/// (RFC 7523 §2.2, OIDC Core §9): a JWT it signs with a key of its
+/// registered public JWKS. No secret is involved: the STS holds only the
+/// public keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtClientRegistration {
+    /// `iss` and `sub` of its assertions.
+    pub client_id: String,
+    /// Its public keys, a JWKS (`{"keys": [...]}`): EC P-256 (ES256),
+    /// OKP Ed25519 (EdDSA) or RSA ≥ 2048 bits (RS256, PS256). Each key
+    /// needs a unique `kid` when there is more than one; private members
+    /// are refused.
+    pub jwks: serde_json::Value,
+    /// Its canonical URI: actor tokens it relays may carry this audience
+    /// instead of the issuer (as for [`ClientRegistration::uri`]).
+    pub uri: String,
+}
+
 /// A public client (no secret; PKCE S256 is its proof), e.g. the console.
 /// Redirect URIs are compared exactly, never by prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +110,12 @@ pub struct StsConfig {
     pub max_delegation_depth: usize,
     pub resource_servers: Vec<ResourceServer>,
     pub clients: Vec<ClientRegistration>,
+    /// Confidential clients authenticating with `private_key_jwt`.
+    pub jwt_clients: Vec<JwtClientRegistration>,
+    /// Base URL of the mTLS listener (`https://…`), when one runs: the
+    /// RFC 8705 `mtls_endpoint_aliases`; tokens requested there with a
+    /// client X509-SVID are bound to it (`cnf.x5t#S256`).
+    pub mtls_base_url: Option<String>,
     /// Public clients of the authorization-code flow; `keyless-console`
     /// (redirect `<issuer>/callback`) by default.
     pub public_clients: Vec<PublicClient>,
@@ -108,6 +132,14 @@ pub struct StsConfig {
     pub session_ttl: Duration,
     /// Lifetime of one refresh token (each use rotates it).
     pub refresh_token_ttl: Duration,
+    /// How long a signing key signs before the maintenance task rotates it
+    /// (measured from its creation in the store, so restarts and replicas
+    /// agree). A retired key stays in the JWKS until every token it can
+    /// have signed has expired ([`StsConfig::max_signed_token_lifetime`]).
+    pub signing_key_lifetime: Duration,
+    /// How often the maintenance task runs: purges of consumed ids and
+    /// expired sign-in rows, and the rotation check.
+    pub maintenance_interval: Duration,
 }
 
 // === impl StsConfig ===
@@ -132,6 +164,8 @@ impl StsConfig {
                 ResourceServer::new("bank"),
             ],
             clients: Vec::new(),
+            jwt_clients: Vec::new(),
+            mtls_base_url: None,
             public_clients: vec![PublicClient {
                 client_id: CONSOLE_CLIENT_ID.to_owned(),
                 redirect_uris: vec![format!("{issuer}/callback")],
@@ -144,6 +178,8 @@ impl StsConfig {
             login_ip_refill: Duration::from_secs(6),
             session_ttl: Duration::from_secs(12 * 3600),
             refresh_token_ttl: Duration::from_secs(8 * 3600),
+            signing_key_lifetime: Duration::from_secs(24 * 3600),
+            maintenance_interval: Duration::from_secs(60),
             issuer,
         }
     }
@@ -198,6 +234,30 @@ impl StsConfig {
                 return bad(format!("client `{}` is incomplete", c.client_id));
             }
         }
+        for c in &self.jwt_clients {
+            if c.client_id.is_empty() || c.uri.is_empty() {
+                return bad(format!("client `{}` is incomplete", c.client_id));
+            }
+            if self.clients.iter().any(|o| o.client_id == c.client_id)
+                || self
+                    .jwt_clients
+                    .iter()
+                    .filter(|o| o.client_id == c.client_id)
+                    .count()
+                    > 1
+            {
+                return bad(format!("client id `{}` is registered twice", c.client_id));
+            }
+            crate::client_auth::parse_jwks(&c.jwks)
+                .map_err(|e| StsError::InvalidConfig(format!("client `{}`: {e}", c.client_id)))?;
+        }
+        if let Some(url) = &self.mtls_base_url
+            && (!url.starts_with("https://") || url.ends_with('/') || url.contains(['?', '#']))
+        {
+            return bad(format!(
+                "mtls_base_url `{url}` must be an https url without trailing slash, query or fragment"
+            ));
+        }
         for c in &self.public_clients {
             if c.client_id.is_empty() || c.redirect_uris.is_empty() {
                 return bad(format!(
@@ -212,7 +272,32 @@ impl StsConfig {
         if self.lockout_threshold == 0 || self.login_ip_burst == 0 {
             return bad("lockout_threshold and login_ip_burst must be positive".into());
         }
+        if self.maintenance_interval < Duration::from_millis(10)
+            || self.maintenance_interval > Duration::from_secs(3600)
+        {
+            return bad("maintenance_interval must be between 10 ms and 1 h".into());
+        }
+        // Under a second the task would rotate on every pass; beyond 90
+        // days a leaked key signs for too long.
+        if self.signing_key_lifetime < Duration::from_secs(1)
+            || self.signing_key_lifetime > Duration::from_secs(90 * 24 * 3600)
+        {
+            return bad("signing_key_lifetime must be between 1 s and 90 days".into());
+        }
         Ok(())
+    }
+
+    /// The longest a token signed with one of our keys can stay valid
+    /// (user access and ID tokens, OBO tokens), clock leeway included: how
+    /// long a retired signing key must stay in the JWKS.
+    pub fn max_signed_token_lifetime(&self) -> Duration {
+        let obo = self
+            .obo_ttl_by_tier
+            .values()
+            .max()
+            .copied()
+            .unwrap_or(MAX_OBO_TTL);
+        self.access_token_ttl.max(obo) + self.leeway
     }
 
     /// The OBO lifetime for `tier`: the configured one, else the shortest.
@@ -222,6 +307,17 @@ impl StsConfig {
             .copied()
             .or_else(|| self.obo_ttl_by_tier.values().min().copied())
             .unwrap_or(MIN_OBO_TTL)
+    }
+
+    /// The token endpoint URLs a request may have been sent to: ours, and
+    /// its mTLS alias when one runs (what DPoP `htu` and client assertion
+    /// `aud` may name).
+    pub fn token_endpoints(&self) -> Vec<String> {
+        let mut v = vec![format!("{}/oauth2/token", self.issuer)];
+        if let Some(m) = &self.mtls_base_url {
+            v.push(format!("{m}/oauth2/token"));
+        }
+        v
     }
 
     /// The resource server a `resource` URI or `audience` name designates.

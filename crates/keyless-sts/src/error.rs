@@ -33,6 +33,10 @@ pub enum StsError {
     /// One of our own tokens failed verification (bad signature, expired…).
     #[error("invalid token: {0}")]
     InvalidToken(String),
+    /// A DPoP proof (RFC 9449) that is malformed, invalid, replayed or
+    /// does not match the request or the token it must bind.
+    #[error("invalid dpop proof: {0}")]
+    InvalidDpopProof(String),
     /// A single-use token id was already consumed.
     #[error("token `{0}` was already used")]
     AlreadyConsumed(String),
@@ -98,6 +102,7 @@ impl StsError {
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
             Self::UnsupportedResponseType(_) => "unsupported_response_type",
             Self::InvalidClient(_) => "invalid_client",
+            Self::InvalidDpopProof(_) => "invalid_dpop_proof",
             Self::ConsentNotFound(_)
             | Self::UserExists(_)
             | Self::UserNotFound(_)

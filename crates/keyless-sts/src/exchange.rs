@@ -53,6 +53,11 @@ pub struct ExchangeContext {
     pub step_up: bool,
     /// Correlation id of the tool call, copied into the event.
     pub correlation_id: Option<String>,
+    /// The sender constraint the HTTP layer established for this request
+    /// (a verified DPoP proof's key, the mTLS client certificate): the
+    /// issued token carries it as `cnf`, and is a `DPoP` token when a DPoP
+    /// key is bound.
+    pub sender: Option<crate::token::Confirmation>,
 }
 
 impl Default for ExchangeContext {
@@ -62,6 +67,7 @@ impl Default for ExchangeContext {
             approvals: 0,
             step_up: false,
             correlation_id: None,
+            sender: None,
         }
     }
 }
@@ -347,8 +353,8 @@ impl Sts {
             )));
         }
 
-        // --- consent: read now, never cached ---
-        let consents = crate::db::live_consents(&self.store, &subject.sub, &agent).await?;
+        // --- consent: as of the last change (a revocation bites at once) ---
+        let consents = self.live_consents(&subject.sub, &agent).await?;
         let consented_types: BTreeSet<&str> = consents
             .iter()
             .flat_map(|c| c.rar_types.iter().map(String::as_str))
@@ -450,12 +456,19 @@ impl Sts {
                 act: subject.act.clone().map(Box::new),
             }),
             authorization_details: Some(granted.clone()),
+            cnf: ctx.sender.clone().filter(|c| !c.is_empty()),
         };
         let access_token = self.sign(&claims)?;
         Ok(TokenExchangeResponse {
             access_token,
             issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
-            token_type: "Bearer",
+            // RFC 9449 §5: a DPoP-bound token is a `DPoP` token; an
+            // mTLS-bound one stays `Bearer` (RFC 8705 §3).
+            token_type: if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
+                "DPoP"
+            } else {
+                "Bearer"
+            },
             expires_in: exp - now,
             scope,
             authorization_details: granted,

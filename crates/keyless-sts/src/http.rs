@@ -2,13 +2,24 @@
 //!
 //! - `POST /oauth2/token`: the token-exchange grant (RFC 8693). Optional
 //!   client authentication with a JWT-SVID assertion (`client_assertion_type
-//!   =…:jwt-spiffe`); there is no client secret anywhere, so `client_secret`
-//!   and HTTP Basic are refused rather than ignored.
+//!   =…:jwt-spiffe`) or `private_key_jwt` (`…:jwt-bearer`); there is no
+//!   client secret anywhere, so `client_secret` and HTTP Basic are refused
+//!   rather than ignored. Sender constraint: a `DPoP` header (RFC 9449)
+//!   binds the OBO token to the proof's key (`cnf.jkt`, `token_type: DPoP`;
+//!   a bad proof is `invalid_dpop_proof`); a request on the mTLS listener
+//!   with a client X509-SVID (a [`PeerSvid`] extension) binds it to the
+//!   certificate (`cnf.x5t#S256`, RFC 8705). Both may apply at once. DPoP
+//!   is not applied to the `authorization_code`/`refresh_token` grants.
 //! - `GET /oauth2/jwks`: the STS's signing keys.
 //! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
 //! - `POST /oauth2/consume`: single-use consumption of an OBO token by its
 //!   resource server, which authenticates with its JWT-SVID (audience = the
-//!   issuer) as a bearer token.
+//!   issuer) as a bearer token. Optionally with the DPoP proof it received
+//!   (`dpop_proof`, `dpop_htm`, `dpop_htu`: the proof and the method and URL
+//!   of the request it came on): the STS then checks `ath` and the key
+//!   against `cnf.jkt` and spends the proof. The answer carries `cnf`: a
+//!   resource server that passed no proof must check the binding itself
+//!   (`keyless_sts::dpop::verify_for_resource`, or the certificate).
 //!
 //! - `GET|POST /login`: the sign-in form (plain HTML: `username`,
 //!   `password`, `csrf`, `return_to`), CSRF by double-submit cookie
@@ -46,7 +57,8 @@ use serde_json::{Value, json};
 
 use crate::exchange::{ExchangeContext, GRANT_TYPE_TOKEN_EXCHANGE, TokenExchangeRequest};
 use crate::service::{AuthenticatedClient, CLIENT_ASSERTION_TYPE_JWT_SPIFFE};
-use crate::{Sts, StsError};
+use crate::token::Confirmation;
+use crate::{CLIENT_ASSERTION_TYPE_JWT_BEARER, PeerSvid, Sts, StsError};
 
 mod consent;
 
@@ -92,6 +104,7 @@ pub fn error_status(e: &StsError) -> StatusCode {
         | StsError::UnsupportedResponseType(_)
         | StsError::ConsentNotFound(_)
         | StsError::InvalidGrant(_)
+        | StsError::InvalidDpopProof(_)
         | StsError::WeakPassword(_) => StatusCode::BAD_REQUEST,
         StsError::InvalidCredentials => StatusCode::UNAUTHORIZED,
         StsError::CsrfMismatch => StatusCode::FORBIDDEN,
@@ -193,7 +206,12 @@ impl Form {
     }
 }
 
-async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(sts): State<Arc<Sts>>,
+    peer: Option<axum::Extension<PeerSvid>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Ok(form) = Form::parse(&headers, &body)
         && let Ok(Some(grant_type)) = form.one("grant_type")
         && matches!(grant_type.as_str(), "authorization_code" | "refresh_token")
@@ -206,7 +224,13 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> 
             Err(e) => error_response(&e),
         };
     }
-    let (req, client) = match parse_token_request(&sts, &headers, &body) {
+    let parsed = match parse_token_request(&sts, &headers, &body).await {
+        Ok(parsed) => sender_constraint(&sts, &headers, peer.as_ref().map(|p| &p.0))
+            .await
+            .map(|sender| (parsed, sender)),
+        Err(e) => Err(e),
+    };
+    let ((req, client), sender) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
             // Refused before the exchange started (bad form, failed client
@@ -219,8 +243,12 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> 
     };
     // Risk, approvals and step-up will come from the authenticated
     // gateway and the signals crate; until then, the defaults.
+    let ctx = ExchangeContext {
+        sender,
+        ..ExchangeContext::default()
+    };
     let result = sts
-        .exchange(&req, client.as_ref(), &ExchangeContext::default())
+        .exchange(&req, client.as_ref(), &ctx)
         .await
         .and_then(|resp| serde_json::to_value(&resp).map_err(|e| StsError::Crypto(e.to_string())));
     match result {
@@ -229,7 +257,38 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
-fn parse_token_request(
+/// The sender constraint of a token-exchange request: the key of its DPoP
+/// proof (verified and spent here: a bad proof refuses the whole request
+/// with `invalid_dpop_proof`, RFC 9449 §5), and the client X509-SVID of the
+/// mTLS connection it came on (RFC 8705 §3).
+async fn sender_constraint(
+    sts: &Sts,
+    headers: &HeaderMap,
+    peer: Option<&PeerSvid>,
+) -> Result<Option<Confirmation>, StsError> {
+    let mut proofs = headers.get_all(crate::dpop::DPOP_HEADER).iter();
+    let jkt = match (proofs.next(), proofs.next()) {
+        (None, _) => None,
+        (Some(proof), None) => {
+            let proof = proof
+                .to_str()
+                .map_err(|_| StsError::InvalidDpopProof("the header is not ascii".into()))?;
+            Some(sts.verify_token_request_proof(proof.trim()).await?.jkt)
+        }
+        (Some(_), Some(_)) => {
+            return Err(StsError::InvalidDpopProof(
+                "more than one dpop header".into(),
+            ));
+        }
+    };
+    let cnf = Confirmation {
+        jkt,
+        x5t_s256: peer.map(PeerSvid::x5t_s256),
+    };
+    Ok((!cnf.is_empty()).then_some(cnf))
+}
+
+async fn parse_token_request(
     sts: &Sts,
     headers: &HeaderMap,
     body: &[u8],
@@ -245,7 +304,9 @@ fn parse_token_request(
         form.one("client_assertion_type")?,
         form.one("client_assertion")?,
     ) {
-        (Some(kind), Some(assertion)) => Some(sts.authenticate_client(&kind, &assertion)?),
+        (Some(kind), Some(assertion)) => {
+            Some(sts.authenticate_client_assertion(&kind, &assertion).await?)
+        }
         (None, None) => None,
         _ => {
             return Err(StsError::InvalidClient(
@@ -300,9 +361,34 @@ async fn consume_inner(sts: &Sts, headers: &HeaderMap, body: &[u8]) -> Result<Va
     let audience = form
         .one("audience")?
         .ok_or_else(|| StsError::InvalidRequest("audience is required".into()))?;
+    // The DPoP proof the resource server received with the token, and the
+    // method and URL of that request: checked (and the proof spent) before
+    // the token is consumed, so a bad proof does not burn the token.
+    let dpop = (
+        form.one("dpop_proof")?,
+        form.one("dpop_htm")?,
+        form.one("dpop_htu")?,
+    );
+    match &dpop {
+        (Some(proof), Some(htm), Some(htu)) => {
+            if let Some(rs) = sts.config().resource_server(&audience) {
+                let claims = sts.verify_access_token(&token, Some(&rs.audience)).await?;
+                sts.check_dpop_binding(&claims, &token, proof, htm, htu)
+                    .await?;
+            }
+        }
+        (None, None, None) => {}
+        _ => {
+            return Err(StsError::InvalidRequest(
+                "dpop_proof, dpop_htm and dpop_htu go together".into(),
+            ));
+        }
+    }
     let claims = sts
         .consume_token(&token, &audience, Some(caller.spiffe_id.as_str()))
         .await?;
+    // `cnf` tells a resource server that did not pass the proof what it
+    // must check itself (a DPoP key, a client certificate).
     Ok(json!({
         "consumed": true,
         "jti": claims.jti,
@@ -310,6 +396,8 @@ async fn consume_inner(sts: &Sts, headers: &HeaderMap, body: &[u8]) -> Result<Va
         "act": claims.act,
         "exp": claims.exp,
         "authorization_details": claims.authorization_details,
+        "cnf": claims.cnf,
+        "dpop_checked": dpop.0.is_some(),
     }))
 }
 
@@ -327,6 +415,25 @@ async fn jwks(State(sts): State<Arc<Sts>>) -> Response {
 
 /// The RFC 8414 metadata document.
 pub fn metadata_document(sts: &Sts) -> Value {
+    let mut doc = base_metadata(sts);
+    if let (Some(mtls), Value::Object(m)) = (&sts.config().mtls_base_url, &mut doc) {
+        m.insert(
+            "tls_client_certificate_bound_access_tokens".into(),
+            json!(true),
+        );
+        m.insert(
+            "mtls_endpoint_aliases".into(),
+            json!({
+                "token_endpoint": format!("{mtls}/oauth2/token"),
+                "introspection_endpoint": format!("{mtls}/oauth2/introspect"),
+                "revocation_endpoint": format!("{mtls}/oauth2/revoke"),
+            }),
+        );
+    }
+    doc
+}
+
+fn base_metadata(sts: &Sts) -> Value {
     let issuer = sts.issuer();
     json!({
         "issuer": issuer,
@@ -342,9 +449,13 @@ pub fn metadata_document(sts: &Sts) -> Value {
         // "none": an agent authenticates by its actor token. The JWT-SVID
         // client assertion is advertised by its assertion type; the SPIFFE
         // client-auth draft's own metadata name is still to be checked.
-        "token_endpoint_auth_methods_supported": ["none"],
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "PS256"],
-        "client_assertion_types_supported": [CLIENT_ASSERTION_TYPE_JWT_SPIFFE],
+        "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        "client_assertion_types_supported": [
+            CLIENT_ASSERTION_TYPE_JWT_SPIFFE,
+            CLIENT_ASSERTION_TYPE_JWT_BEARER,
+        ],
+        "dpop_signing_alg_values_supported": crate::dpop::DPOP_SIGNING_ALGS,
         "authorization_details_types_supported": sts.rar().types_supported(),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

@@ -9,6 +9,16 @@
 //!   and their strict verification (`token.rs`), durable consents,
 //!   single-use `jti` consumption (atomic on SQLite and PostgreSQL), and
 //!   JWT-SVID client authentication (`…:client-assertion-type:jwt-spiffe`).
+//! - `private_key_jwt` client authentication, RFC 7523 (`client_auth.rs`):
+//!   registered clients with their public JWKS ([`JwtClientRegistration`]),
+//!   ES256/EdDSA/RS256/PS256, short `exp`, single-use `jti` (the same atomic
+//!   table), [`Sts::authenticate_client_assertion`] for either kind.
+//! - Sender-constrained OBO tokens: DPoP, RFC 9449 (`dpop.rs`: token
+//!   endpoint proofs → `cnf.jkt` and `token_type: DPoP`; a resource-side
+//!   verifier [`dpop::verify_for_resource`]; proofs single use), and mTLS,
+//!   RFC 8705 (`mtls.rs`: the [`PeerSvid`] request extension the binary's
+//!   TLS listener sets → `cnf.x5t#S256`). `jwk.rs` holds the JWK/JWS
+//!   verification both share (public keys only, no `none`/`HS*`).
 //! - Token exchange, RFC 8693 (`exchange.rs`): subject = our access token
 //!   (or an OBO token, for delegation: nested `act`, authority only
 //!   narrows, the subject token is spent), actor = a JWT-SVID, `may_act`,
@@ -16,7 +26,14 @@
 //!   OBO mint with a per-tier lifetime; every outcome is an audit event.
 //! - RAR, RFC 9396 (`rar.rs`): registered types with JSON Schemas.
 //! - Cedar policy at issuance (`policy.rs`, `policies/`): atomic reloads,
-//!   an invalid set is refused and the old one stays in force.
+//!   an invalid set is refused and the old one stays in force; a polling
+//!   watcher (names, sizes, mtimes and SHA-256 of the files, every second
+//!   in `keyless up`) records `policy.reloaded` / `policy.reload_refused`.
+//! - Upkeep (`maintenance.rs`): [`Sts::spawn_maintenance`] rotates the
+//!   signing key when it reaches `signing_key_lifetime` (24 h; its age is
+//!   its stored `created_at`), removes a retired key once every token it
+//!   can have signed has expired, and purges consumed ids and expired
+//!   sign-in rows, every `maintenance_interval` (1 min).
 //! - Users and sessions (`signin.rs`): [`Sts::add_user`] (email unique and
 //!   lowercased, Argon2id PHC hashes — the `argon2` crate brings RustCrypto's
 //!   blake2, used for password hashing only), [`Sts::verify_password`]
@@ -60,26 +77,44 @@
 //! - A user access token's `may_act` is fixed at issuance: a consent
 //!   granted later appears after the next refresh (a revoked consent bites
 //!   at once: the exchange re-reads consents).
-//! - `private_key_jwt` client authentication; confidential clients of the
-//!   code flow.
-//! - DPoP (RFC 9449) / mTLS (RFC 8705) sender-constrained OBO tokens.
+//! - Confidential clients of the code flow; `private_key_jwt` and DPoP
+//!   apply to the token exchange only (the `authorization_code` and
+//!   `refresh_token` grants ignore a `DPoP` header and issue Bearer tokens).
+//!   DPoP server nonces (RFC 9449 §8) are not used. A delegated exchange
+//!   does not carry the subject token's `cnf` over: each OBO token is bound
+//!   to the key of the request that obtained it.
+//! - `/oauth2/consume` checks a DPoP binding only when the resource server
+//!   passes the proof; otherwise it returns `cnf` and the resource server
+//!   must check it (no resource server in the tree does yet; the demo
+//!   servers and the gateway are later issues). mTLS-bound tokens are
+//!   never checked by the STS (only the resource server sees the
+//!   presenter's certificate).
+//! - `tls_client_auth` / `self_signed_tls_client_auth` (RFC 8705 §2) client
+//!   authentication: an mTLS client certificate binds tokens but does not
+//!   authenticate the client.
 //! - Risk level, approvals and step-up as decision inputs come from the
 //!   caller ([`ExchangeContext`]); wiring them to signals and approvals.
 //! - `/api/consents` sits in the STS router while DESIGN.md gives `/api/*`
 //!   to the console: when `keyless-console` lands, it must not route the
 //!   same paths (or should take these over, calling
 //!   [`Sts::list_consents`] / [`Sts::revoke_user_consent`]).
-//! - `keyless policy test` CLI command (the domain function exists:
-//!   [`policy::LoadedPolicies::decide`]); scheduled signing
-//!   key rotation and purges ([`Sts::rotate_signing_key`],
-//!   [`Sts::purge_consumed`], [`Sts::purge_expired_signin`] exist, nothing
-//!   calls them periodically).
+//! - The policy watcher polls (no inotify): an edit shows within a second
+//!   or so; every replica watches its own directory (keep them in sync
+//!   with your config management, the set is not in the store).
+//! - JWT-SVID actor tokens are not checked for `iss` (SPIFFE does not
+//!   require it; the trust domain of `sub` and our JWT keys are checked).
 
+mod client_auth;
 mod config;
 mod db;
+pub mod dpop;
 mod error;
 mod exchange;
 pub mod http;
+mod jwk;
+mod live;
+mod maintenance;
+mod mtls;
 mod oidc;
 pub mod policy;
 pub mod rar;
@@ -87,9 +122,10 @@ mod service;
 mod signin;
 mod token;
 
+pub use client_auth::{CLIENT_ASSERTION_TYPE_JWT_BEARER, MAX_ASSERTION_LIFETIME};
 pub use config::{
-    CONSOLE_CLIENT_ID, ClientRegistration, MAX_OBO_TTL, MIN_OBO_TTL, PasswordHashCost,
-    PublicClient, ResourceServer, StsConfig,
+    CONSOLE_CLIENT_ID, ClientRegistration, JwtClientRegistration, MAX_OBO_TTL, MIN_OBO_TTL,
+    PasswordHashCost, PublicClient, ResourceServer, StsConfig,
 };
 pub use db::Consent;
 pub use error::StsError;
@@ -97,10 +133,14 @@ pub use exchange::{
     ExchangeContext, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
     TokenExchangeRequest, TokenExchangeResponse,
 };
+pub use maintenance::{MaintenanceReport, STS_KEY_REMOVED};
+pub use mtls::PeerSvid;
 pub use oidc::{AuthorizeRequest, CodeGrant, TokenResponse};
 pub use service::{
     AuthenticatedClient, CLIENT_ASSERTION_TYPE_JWT_SPIFFE, IssuedToken, Sts, UserTokenRequest,
     kinds,
 };
 pub use signin::{MIN_PASSWORD_LEN, NewSession, Session, User};
-pub use token::{ACCESS_TOKEN_TYP, AccessTokenClaims, Actor, IdTokenClaims, MayAct, StringList};
+pub use token::{
+    ACCESS_TOKEN_TYP, AccessTokenClaims, Actor, Confirmation, IdTokenClaims, MayAct, StringList,
+};

@@ -385,6 +385,7 @@ impl Sts {
         .bind(family)
         .execute(self.store.pool())
         .await?;
+        self.changed().await;
         Ok(())
     }
 
@@ -484,10 +485,25 @@ impl Sts {
     /// Whether a verified token is still good: its session (if any) is
     /// live, and neither it nor its family was revoked.
     pub async fn token_live(&self, claims: &AccessTokenClaims) -> Result<bool, StsError> {
-        if let Some(sid) = &claims.sid
-            && !self.session_live(sid).await?
-        {
-            return Ok(false);
+        // Generation first, store second (see `live.rs`).
+        let generation = self.live.begin();
+        if let Some(sid) = &claims.sid {
+            let created = match generation.and_then(|g| self.live.session(sid, g)) {
+                Some(created) => Some(created),
+                None => {
+                    let created = self.session_created_at(sid).await?;
+                    if let (Some(g), Some(c)) = (generation, created) {
+                        self.live.put_session(sid, g, c);
+                    }
+                    created
+                }
+            };
+            if created.is_none_or(|c| c <= self.session_cutoff()) {
+                return Ok(false);
+            }
+        }
+        if generation.is_some_and(|g| self.live.token(&claims.jti, g)) {
+            return Ok(true);
         }
         let row = sqlx::query(
             "SELECT a.revoked_at AS a_rev, COALESCE(f.revoked_at, 0) AS f_rev \
@@ -497,10 +513,14 @@ impl Sts {
         .bind(&claims.jti)
         .fetch_optional(self.store.pool())
         .await?;
-        Ok(match row {
+        let live = match row {
             None => true,
             Some(r) => r.try_get::<i64, _>("a_rev")? == 0 && r.try_get::<i64, _>("f_rev")? == 0,
-        })
+        };
+        if let (true, Some(g)) = (live, generation) {
+            self.live.put_token(&claims.jti, g);
+        }
+        Ok(live)
     }
 
     /// `/oauth2/userinfo`: the claims about the user a live user access
@@ -565,7 +585,11 @@ impl Sts {
             "exp": claims.exp,
             "iat": claims.iat,
             "jti": claims.jti,
-            "token_type": "Bearer",
+            "token_type": if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
+                "DPoP"
+            } else {
+                "Bearer"
+            },
         }) else {
             return Ok(inactive);
         };
@@ -579,6 +603,9 @@ impl Sts {
                 "authorization_details",
                 serde_json::to_value(&claims.authorization_details),
             ),
+            // RFC 9449 §6.2, RFC 8705 §3.2: the binding, for the resource
+            // server to check.
+            ("cnf", serde_json::to_value(&claims.cnf)),
         ];
         for (k, v) in extra {
             let v = v.map_err(|e| StsError::Crypto(e.to_string()))?;
@@ -635,6 +662,7 @@ impl Sts {
             .bind(now_millis().max(1))
             .execute(self.store.pool())
             .await?;
+            self.changed().await;
             self.events
                 .record(
                     Event::new(kinds::TOKEN_REVOKED, Outcome::Success)

@@ -24,6 +24,8 @@ use cedar_policy::{
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
+use keyless_audit::{Event, EventSink, Outcome};
+
 use crate::StsError;
 
 /// The embedded default schema (`policies/schema.cedarschema`).
@@ -33,6 +35,10 @@ pub const DEFAULT_POLICIES: &str = include_str!("../policies/default.cedar");
 /// The schema file a policy directory may carry; without it the embedded
 /// schema applies.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
+/// Event type of a policy set put in force by the watcher.
+pub const POLICY_RELOADED: &str = "policy.reloaded";
+/// Event type of a policy change refused (the previous set stays in force).
+pub const POLICY_RELOAD_REFUSED: &str = "policy.reload_refused";
 
 /// Everything a decision looks at.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +187,21 @@ impl LoadedPolicies {
             DEFAULT_SCHEMA.to_owned()
         };
         Self::parse(&schema, &src, &dir.display().to_string())
+    }
+
+    /// Creates `dir` (and its parents) holding the embedded defaults,
+    /// `default.cedar` and `schema.cedarschema`, so operators have files to
+    /// edit. A directory that already exists is left alone (even if empty:
+    /// loading it then says so). Returns whether it seeded.
+    pub fn seed_dir(dir: &Path) -> Result<bool, StsError> {
+        if dir.exists() {
+            return Ok(false);
+        }
+        let io = |e: std::io::Error| invalid(format!("seeding `{}`: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::write(dir.join(SCHEMA_FILE), DEFAULT_SCHEMA).map_err(io)?;
+        std::fs::write(dir.join("default.cedar"), DEFAULT_POLICIES).map_err(io)?;
+        Ok(true)
     }
 
     /// The schema the set was validated against.
@@ -347,16 +368,39 @@ impl PolicyStore {
     }
 
     /// Watches `dir` by polling every `interval` and reloads when the set
-    /// of files or any modification time changes. Failures are logged and
-    /// leave the previous set in force; the next change retries.
+    /// of files, a size, a modification time or a content hash changes.
+    /// Failures are logged and leave the previous set in force; the next
+    /// change retries.
     pub fn spawn_watch(
         self: &Arc<Self>,
         dir: PathBuf,
         interval: Duration,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_watch_recording(dir, interval, None)
+    }
+
+    /// [`PolicyStore::spawn_watch`], also recording every reload as a
+    /// `policy.reloaded` event and every refused one as
+    /// `policy.reload_refused` (with the error as reason) in `events`.
+    ///
+    /// Polling, not inotify (`notify`): the directory holds a handful of
+    /// small files, so hashing them once a second costs nothing; it works
+    /// the same on every filesystem (bind mounts, network and container
+    /// volumes, Kubernetes ConfigMaps swapped by symlink, where inotify
+    /// misses or duplicates events); the content hash catches an edit
+    /// that keeps size and a coarse mtime; and a file read half-written is
+    /// refused, then reloaded on the next tick once its hash changes again.
+    pub fn spawn_watch_recording(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        interval: Duration,
+        events: Option<Arc<dyn EventSink>>,
+    ) -> tokio::task::JoinHandle<()> {
         let store = Arc::clone(self);
+        // Taken now, not in the task: an edit made right after this call
+        // (the set was just loaded) must count as a change.
+        let mut seen = fingerprint(&dir);
         tokio::spawn(async move {
-            let mut seen = fingerprint(&dir);
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -366,21 +410,37 @@ impl PolicyStore {
                     continue;
                 }
                 seen = now;
-                match store.reload_from_dir(&dir) {
+                let event = match store.reload_from_dir(&dir) {
                     Ok(p) => {
-                        tracing::info!(dir = %dir.display(), policies = p.ids.len(), "policies reloaded")
+                        tracing::info!(dir = %dir.display(), policies = p.ids.len(), "policies reloaded");
+                        Event::new(POLICY_RELOADED, Outcome::Success)
+                            .detail("dir", dir.display().to_string())
+                            .detail("policies", p.ids.clone())
                     }
                     Err(e) => {
-                        tracing::error!(dir = %dir.display(), error = %e, "policy reload refused; the previous set stays in force")
+                        tracing::error!(dir = %dir.display(), error = %e, "policy reload refused; the previous set stays in force");
+                        Event::new(POLICY_RELOAD_REFUSED, Outcome::Error)
+                            .reason(e.to_string())
+                            .detail("dir", dir.display().to_string())
+                            .detail("in_force", store.current().ids.clone())
                     }
+                };
+                if let Some(sink) = &events
+                    && let Err(e) = sink.record(event).await
+                {
+                    tracing::error!(error = %e, "cannot record the policy reload event");
                 }
             }
         })
     }
 }
 
-/// The names, sizes and modification times of a directory's policy files.
-fn fingerprint(dir: &Path) -> BTreeSet<(PathBuf, u64, Option<SystemTime>)> {
+/// One policy file as the watcher sees it.
+type FileStamp = (PathBuf, u64, Option<SystemTime>, Option<Vec<u8>>);
+
+/// The names, sizes, modification times and SHA-256 of a directory's
+/// policy files (`*.cedar`, `*.cedarschema`).
+fn fingerprint(dir: &Path) -> BTreeSet<FileStamp> {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -391,11 +451,18 @@ fn fingerprint(dir: &Path) -> BTreeSet<(PathBuf, u64, Option<SystemTime>)> {
                         .is_some_and(|x| x == "cedar" || x == "cedarschema")
                 })
                 .map(|e| {
-                    let meta = e.metadata().ok();
+                    let path = e.path();
+                    let meta = std::fs::metadata(&path).ok();
+                    let hash = std::fs::read(&path).ok().map(|bytes| {
+                        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+                            .as_ref()
+                            .to_vec()
+                    });
                     (
-                        e.path(),
+                        path,
                         meta.as_ref().map_or(0, std::fs::Metadata::len),
                         meta.and_then(|m| m.modified().ok()),
+                        hash,
                     )
                 })
                 .collect()

@@ -91,11 +91,13 @@ pub struct IssuedToken {
     pub expires_in: i64,
 }
 
-/// A confidential client that authenticated with its JWT-SVID.
+/// A confidential client that authenticated with its JWT-SVID or with
+/// `private_key_jwt` (`client_auth.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthenticatedClient {
     pub client_id: String,
-    pub spiffe_id: String,
+    /// Its SPIFFE ID when it authenticated with a JWT-SVID.
+    pub spiffe_id: Option<String>,
     /// Its canonical URI: actor tokens it relays may carry it as audience.
     pub uri: String,
 }
@@ -104,7 +106,7 @@ pub struct AuthenticatedClient {
 #[derive(Debug)]
 pub struct Sts {
     pub(crate) store: Store,
-    keys: Arc<dyn KeyManager>,
+    pub(crate) keys: Arc<dyn KeyManager>,
     pub(crate) identity: Arc<Identity>,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) config: StsConfig,
@@ -115,6 +117,11 @@ pub struct Sts {
     rotate: tokio::sync::Mutex<()>,
     pub(crate) ip_buckets: Mutex<crate::signin::IpBuckets>,
     pub(crate) dummy_hash: std::sync::OnceLock<String>,
+    /// Access-token signatures already verified (a subject token is
+    /// presented for every tool call of a session).
+    memo: keyless_identity::memo::SignatureMemo,
+    /// Session, token and consent facts read for exchanges (`live.rs`).
+    pub(crate) live: crate::live::LiveCache,
 }
 
 // === impl Sts ===
@@ -154,6 +161,9 @@ impl Sts {
         policies: Arc<PolicyStore>,
     ) -> Result<Arc<Self>, StsError> {
         config.validate()?;
+        // On SQLite this process owns the database; on PostgreSQL facts are
+        // cached only while the change listener runs (`live.rs`).
+        let cache_alone = store.dialect() == keyless_store::Dialect::Sqlite;
         let sts = Arc::new(Self {
             store,
             keys,
@@ -167,8 +177,13 @@ impl Sts {
             rotate: tokio::sync::Mutex::new(()),
             ip_buckets: Mutex::new(crate::signin::IpBuckets::default()),
             dummy_hash: std::sync::OnceLock::new(),
+            memo: keyless_identity::memo::SignatureMemo::default(),
+            live: crate::live::LiveCache::new(cache_alone),
         });
         sts.reload_keys().await?;
+        if !cache_alone {
+            tokio::spawn(crate::live::listen(Arc::downgrade(&sts)));
+        }
         let ring = sts.ring();
         match ring.iter().rev().find(|k| k.state == KeyState::Active) {
             None => sts.rotate_signing_key().await?,
@@ -321,9 +336,9 @@ impl Sts {
             && self.may_refresh()
         {
             self.reload_keys().await?;
-            return token::verify(&self.ring(), token, expect);
+            return token::verify(&self.ring(), &self.memo, token, expect);
         }
-        token::verify(&ring, token, expect)
+        token::verify(&ring, &self.memo, token, expect)
     }
 
     fn may_refresh(&self) -> bool {
@@ -398,6 +413,7 @@ impl Sts {
             }),
             act: None,
             authorization_details,
+            cnf: None,
         };
         let token = self.sign(&claims)?;
         let mut event = Event::new(kinds::TOKEN_ISSUED, Outcome::Success)
@@ -452,11 +468,14 @@ impl Sts {
             revoked_at: None,
         };
         db::insert_consent(&self.store, &consent).await?;
+        self.changed().await;
+        let label = self.consent_user_label(user).await?;
         self.events
             .record(
                 Event::new(kinds::CONSENT_GRANTED, Outcome::Success)
-                    .user(user)
+                    .user(label)
                     .agent(agent)
+                    .detail("user_sub", user)
                     .detail("consent_id", consent.id.clone())
                     .detail("rar_types", rar_types.to_vec())
                     .detail("scopes", scopes.to_vec()),
@@ -475,15 +494,28 @@ impl Sts {
         let consent = db::revoke_consent(&self.store, id)
             .await?
             .ok_or_else(|| StsError::ConsentNotFound(id.to_owned()))?;
+        self.changed().await;
+        let label = self.consent_user_label(&consent.user).await?;
         self.events
             .record(
                 Event::new(kinds::CONSENT_REVOKED, Outcome::Success)
-                    .user(consent.user.clone())
+                    .user(label)
                     .agent(consent.agent.clone())
+                    .detail("user_sub", consent.user.clone())
                     .detail("consent_id", consent.id.clone()),
             )
             .await?;
         Ok(consent)
+    }
+
+    /// Who a consent's user is for events, like
+    /// [`AccessTokenClaims::user_label`]: the email of a local user, else
+    /// the subject id itself (the id stays in the `user_sub` detail).
+    async fn consent_user_label(&self, user_sub: &str) -> Result<String, StsError> {
+        Ok(self
+            .user_by_id(user_sub)
+            .await?
+            .map_or_else(|| user_sub.to_owned(), |u| u.email))
     }
 
     /// Revokes consent `id` on behalf of `user` (a subject id): only the
@@ -587,7 +619,8 @@ impl Sts {
 
     /// Authenticates a confidential client by its JWT-SVID assertion
     /// (`client_assertion_type=…:jwt-spiffe`, audience the issuer or the
-    /// token endpoint).
+    /// token endpoint). [`Sts::authenticate_client_assertion`] also takes
+    /// `private_key_jwt`.
     pub fn authenticate_client(
         &self,
         assertion_type: &str,
@@ -614,7 +647,7 @@ impl Sts {
             })?;
         Ok(AuthenticatedClient {
             client_id: client.client_id.clone(),
-            spiffe_id: client.spiffe_id.clone(),
+            spiffe_id: Some(client.spiffe_id.clone()),
             uri: client.uri.clone(),
         })
     }

@@ -428,7 +428,7 @@ impl Sts {
         Ok(NewSession { session, cookie })
     }
 
-    fn session_cutoff(&self) -> i64 {
+    pub(crate) fn session_cutoff(&self) -> i64 {
         now_millis()
             .saturating_sub(i64::try_from(self.config.session_ttl.as_millis()).unwrap_or(i64::MAX))
     }
@@ -443,6 +443,20 @@ impl Sts {
         .fetch_optional(self.store.pool())
         .await?
         .is_some())
+    }
+
+    /// When session `sid` was created, if it exists and was not revoked
+    /// (its age is the caller's to check).
+    pub(crate) async fn session_created_at(&self, sid: &str) -> Result<Option<i64>, StsError> {
+        let row =
+            sqlx::query("SELECT created_at FROM sts_sessions WHERE sid = $1 AND revoked_at = 0")
+                .bind(sid)
+                .fetch_optional(self.store.pool())
+                .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<i64, _>("created_at")?),
+            None => None,
+        })
     }
 
     /// The live session a cookie secret designates (and touches it).
@@ -524,6 +538,7 @@ impl Sts {
             .bind(value)
             .execute(self.store.pool())
             .await?;
+        self.changed().await;
         Ok(n)
     }
 }

@@ -8,6 +8,7 @@
 //! required, `nbf`/`iat` not in the future beyond the leeway, `aud` checked —
 //! which is easiest to audit when every check is one line here.
 
+use keyless_identity::memo::{SignatureMemo, TokenDigest};
 use std::sync::Arc;
 
 use aws_lc_rs::digest;
@@ -120,6 +121,30 @@ pub struct AccessTokenClaims {
     pub act: Option<Actor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_details: Option<Vec<Value>>,
+    /// The sender constraint (RFC 7800 `cnf`): the DPoP key (RFC 9449) or
+    /// the client certificate (RFC 8705) a presenter must prove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// `cnf` of a sender-constrained token. A resource server must check every
+/// member present: a token bound to both a DPoP key and a certificate needs
+/// both proofs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// RFC 9449 §6.1: base64url RFC 7638 SHA-256 thumbprint of the DPoP key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    /// RFC 8705 §3.1: base64url SHA-256 of the client certificate's DER.
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    /// Whether nothing is bound (such a `cnf` is never put in a token).
+    pub fn is_empty(&self) -> bool {
+        self.jkt.is_none() && self.x5t_s256.is_none()
+    }
 }
 
 impl AccessTokenClaims {
@@ -278,6 +303,7 @@ pub(crate) fn peek_kid(token: &str) -> Option<String> {
 /// Verifies `token` as an access token we issued with one of `keys`.
 pub(crate) fn verify(
     keys: &[Arc<SigningKey>],
+    memo: &SignatureMemo,
     token: &str,
     expect: Expect<'_>,
 ) -> Result<AccessTokenClaims, StsError> {
@@ -313,15 +339,21 @@ pub(crate) fn verify(
         .iter()
         .find(|k| k.kid == kid)
         .ok_or_else(|| bad(format!("unknown key id `{kid}`")))?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(sig_b64)
-        .map_err(|_| bad("signature is not base64url"))?;
-    let signing_input = token
-        .get(..header_b64.len() + 1 + claims_b64.len())
-        .unwrap_or_default();
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public_key)
-        .verify(signing_input.as_bytes(), &signature)
-        .map_err(|_| bad("signature verification failed"))?;
+    // Only the P-256 verification is memoized; every other check below
+    // runs on every use.
+    let digest = TokenDigest::of(token);
+    if !memo.contains(digest, &key.public_key) {
+        let signature = URL_SAFE_NO_PAD
+            .decode(sig_b64)
+            .map_err(|_| bad("signature is not base64url"))?;
+        let signing_input = token
+            .get(..header_b64.len() + 1 + claims_b64.len())
+            .unwrap_or_default();
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public_key)
+            .verify(signing_input.as_bytes(), &signature)
+            .map_err(|_| bad("signature verification failed"))?;
+        memo.insert(digest, &key.public_key);
+    }
 
     let raw = decode_json(claims_b64, "payload")?;
     let claims: AccessTokenClaims = serde_json::from_value(Value::Object(raw))

@@ -700,3 +700,74 @@ async fn exchange_is_refused_after_all_user_sessions_are_revoked() {
     assert_eq!(f.sts.revoke_user_sessions(ALICE, "caep").await.unwrap(), 1);
     assert!(exchange(&f, &req).await.is_err());
 }
+
+/// Replicas cache session, token and consent facts between changes; a
+/// revocation on one replica must reach the others (LISTEN/NOTIFY) so that
+/// their next exchanges fail too.
+#[tokio::test]
+async fn revocations_on_one_replica_bite_on_the_others_sharing_postgres() {
+    let Some(url) = keyless_store::testing::fresh_postgres_database("sts_live").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = open_with(
+        keyless_store::Store::open(&url).await.unwrap(),
+        &tmp.path().join("keys"),
+        StsConfig::new(ISSUER),
+    )
+    .await;
+    let b = open_with(
+        keyless_store::Store::open(&url).await.unwrap(),
+        &tmp.path().join("keys"),
+        StsConfig::new(ISSUER),
+    )
+    .await;
+    let consent = a.consent(AGENT, &["directory_read"]).await;
+    let (user, sid) = a.user_token_with_sid(&[AGENT]).await;
+    let actor = a.svid(AGENT, ISSUER).await;
+    let req = exchange_request(&user, &actor, "directory", &read_users());
+    // Warm B's cache (twice: the second one is served from memory once
+    // its listener is up).
+    exchange(&b, &req).await.unwrap();
+    exchange(&b, &req).await.unwrap();
+
+    // Consent revoked on A: B refuses within the notification latency.
+    a.sts.revoke_consent(&consent.id).await.unwrap();
+    let mut refused = None;
+    for _ in 0..100 {
+        match exchange(&b, &req).await {
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("replica B kept issuing after the consent was revoked on A");
+    assert!(err.to_string().contains("no live consent"), "{err}");
+
+    // Consent again (on A), B issues again; then the session dies on A.
+    a.consent(AGENT, &["directory_read"]).await;
+    let mut ok = false;
+    for _ in 0..100 {
+        if exchange(&b, &req).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ok, "replica B never saw the new consent");
+    assert!(a.sts.logout(&sid).await.unwrap());
+    let mut refused = None;
+    for _ in 0..100 {
+        match exchange(&b, &req).await {
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("replica B kept issuing after the session ended on A");
+    assert!(err.to_string().contains("no longer active"), "{err}");
+}

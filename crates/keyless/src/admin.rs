@@ -12,11 +12,12 @@ use anyhow::Context;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use keyless_identity::{Identity, IdentityError, NewEntry};
+use keyless_secrets::{Secrets, SecretsError};
 use keyless_sts::{Sts, StsError};
 use serde::Deserialize;
 use serde_json::json;
@@ -26,6 +27,7 @@ use serde_json::json;
 pub struct AdminState {
     pub identity: Arc<Identity>,
     pub sts: Arc<Sts>,
+    pub secrets: Arc<Secrets>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -36,6 +38,18 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/users", post(add_user))
         .route("/v1/consents", get(list_consents))
         .route("/v1/consents/{id}", delete(revoke_consent))
+        .route("/v1/secrets/policies", get(secrets_list_policies))
+        .route("/v1/secrets/policies/{name}", put(secrets_write_policy))
+        .route("/v1/secrets/roles", get(secrets_list_roles))
+        .route("/v1/secrets/roles/{name}", put(secrets_write_role))
+        .route("/v1/secrets/kv/{*path}", put(secrets_kv_put))
+        .route("/v1/secrets/db/config/{name}", put(secrets_db_configure))
+        .route("/v1/secrets/db/roles/{name}", put(secrets_db_role))
+        .route(
+            "/v1/secrets/leases/revoke-prefix",
+            post(secrets_revoke_prefix),
+        )
+        .route("/v1/secrets/leases/pending", get(secrets_pending))
         .with_state(state)
 }
 
@@ -177,6 +191,227 @@ fn sts_error(e: StsError) -> Response {
                 "internal error (see the server log)",
             )
         }
+    }
+}
+
+// === secrets broker ===
+
+/// Broker errors on the admin API: input mistakes say what was wrong; the
+/// rest is logged and summarized.
+fn secrets_error(e: SecretsError) -> Response {
+    let status = match &e {
+        SecretsError::InvalidRequest(_) | SecretsError::Conflict(_) => StatusCode::BAD_REQUEST,
+        SecretsError::NotFound(_) => StatusCode::NOT_FOUND,
+        SecretsError::PermissionDenied => StatusCode::FORBIDDEN,
+        SecretsError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        SecretsError::Database(_) => StatusCode::BAD_GATEWAY,
+        SecretsError::RevocationFailed(_)
+        | SecretsError::Decrypt(_)
+        | SecretsError::Store(_)
+        | SecretsError::Audit(_) => {
+            tracing::error!(error = %e, "admin request failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                match e {
+                    SecretsError::RevocationFailed(m) => m,
+                    _ => "internal error (see the server log)".into(),
+                },
+            );
+        }
+    };
+    error(status, e)
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {what}: {e}"),
+        ))
+    })
+}
+
+async fn secrets_list_policies(State(s): State<AdminState>) -> Response {
+    match s.secrets.list_policies().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    policy: String,
+}
+
+async fn secrets_write_policy(
+    State(s): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let b: PolicyBody = match parse_body(&body, "policy") {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match s.secrets.write_policy(&name, &b.policy).await {
+        Ok(p) => Json(json!({ "name": p.name, "paths": p.rules.len() })).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+async fn secrets_list_roles(State(s): State<AdminState>) -> Response {
+    match s.secrets.list_roles().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+async fn secrets_write_role(
+    State(s): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut role: keyless_secrets::JwtRole = match parse_body(&body, "role") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    role.name = name;
+    match s.secrets.write_role(role).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvBody {
+    data: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn secrets_kv_put(
+    State(s): State<AdminState>,
+    UrlPath(path): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let b: KvBody = match parse_body(&body, "secret") {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match s.secrets.admin_kv_put(&path, b.data).await {
+        Ok(meta) => Json(meta).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DbConfigBody {
+    connection_url: String,
+    #[serde(default)]
+    allowed_roles: Vec<String>,
+}
+
+async fn secrets_db_configure(
+    State(s): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let b: DbConfigBody = match parse_body(&body, "database configuration") {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let allowed = if b.allowed_roles.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        b.allowed_roles
+    };
+    match s
+        .secrets
+        .database()
+        .configure(&name, &b.connection_url, allowed)
+        .await
+    {
+        Ok(info) => Json(json!({
+            "name": info.name,
+            "username": info.username,
+            "allowed_roles": info.allowed_roles,
+        }))
+        .into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DbRoleBody {
+    db_name: String,
+    creation_statements: Vec<String>,
+    #[serde(default)]
+    revocation_statements: Vec<String>,
+    #[serde(default)]
+    renew_statements: Vec<String>,
+    default_ttl: u64,
+    max_ttl: u64,
+}
+
+async fn secrets_db_role(
+    State(s): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let b: DbRoleBody = match parse_body(&body, "database role") {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let role = keyless_secrets::database::DbRole {
+        name: name.clone(),
+        db_name: b.db_name,
+        creation_statements: b.creation_statements,
+        revocation_statements: b.revocation_statements,
+        renew_statements: b.renew_statements,
+        default_ttl: std::time::Duration::from_secs(b.default_ttl),
+        max_ttl: std::time::Duration::from_secs(b.max_ttl),
+    };
+    match s.secrets.database().write_role(role).await {
+        Ok(()) => Json(json!({ "name": name })).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefixBody {
+    prefix: String,
+}
+
+async fn secrets_revoke_prefix(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let b: PrefixBody = match parse_body(&body, "request") {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match s.secrets.revoke_prefix(&b.prefix).await {
+        Ok(n) => Json(json!({ "revoked": n })).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+async fn secrets_pending(State(s): State<AdminState>) -> Response {
+    match s.secrets.pending_revocations().await {
+        Ok(list) => Json(
+            list.into_iter()
+                .map(|l| {
+                    json!({
+                        "lease_id": l.lease_id,
+                        "engine": l.engine,
+                        "identity": l.identity,
+                        "attempts": l.attempts,
+                        "last_error": l.last_error,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => secrets_error(e),
     }
 }
 

@@ -50,6 +50,9 @@ pub enum Command {
     /// Tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The Vault-compatible secrets broker: ACL policies, JWT roles, KV, database credentials.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -71,6 +74,14 @@ pub struct UpArgs {
     /// Configuration file (TOML); flags and KEYLESS_* variables override it.
     #[arg(long, env = config::ENV_CONFIG)]
     pub config: Option<PathBuf>,
+    /// Directory of Cedar policies (`*.cedar`, optional `schema.cedarschema`),
+    /// reloaded on change (default: DATA_DIR/policies, seeded with the built-in set).
+    #[arg(long, env = config::ENV_POLICIES_DIR)]
+    pub policies_dir: Option<PathBuf>,
+    /// Address of an optional second listener serving the same API over
+    /// mTLS (client X509-SVIDs; RFC 8705 certificate-bound tokens).
+    #[arg(long, env = config::ENV_MTLS_LISTEN)]
+    pub mtls_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,9 +232,13 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Args)]
 pub struct PolicyTestArgs {
-    /// Directory of `*.cedar` files (and optionally `schema.cedarschema`); default: the embedded policies.
-    #[arg(long)]
+    /// Directory of `*.cedar` files (and optionally `schema.cedarschema`);
+    /// default: the fabric's (`$KEYLESS_POLICIES_DIR`, else DATA_DIR/policies
+    /// when it exists), else the embedded policies.
+    #[arg(long, env = config::ENV_POLICIES_DIR)]
     pub policies: Option<PathBuf>,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
     /// The agent's SPIFFE ID (principal).
     #[arg(long)]
     pub agent: String,
@@ -255,4 +270,146 @@ pub struct PolicyTestArgs {
     pub step_up: bool,
     #[arg(long, default_value_t = 60)]
     pub session_age_secs: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// ACL policies (Vault style: `path "secret/data/app/*" { capabilities = ["read"] }`).
+    #[command(subcommand)]
+    Policy(SecretsPolicyCommand),
+    /// JWT auth roles: which JWT-SVIDs may log in, and with which policies.
+    #[command(subcommand)]
+    Role(SecretsRoleCommand),
+    /// KV v2 secrets.
+    #[command(subcommand)]
+    Kv(SecretsKvCommand),
+    /// Dynamic PostgreSQL credentials.
+    #[command(subcommand)]
+    Db(SecretsDbCommand),
+    /// Leases.
+    #[command(subcommand)]
+    Lease(SecretsLeaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsPolicyCommand {
+    /// Create or replace policy NAME from FILE (HCL or JSON, Vault syntax).
+    Write {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        name: String,
+        file: PathBuf,
+    },
+    /// List policy names.
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsRoleCommand {
+    /// Create or replace JWT role NAME.
+    Create(SecretsRoleCreateArgs),
+    /// List role names.
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsRoleCreateArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    pub name: String,
+    /// Audience the JWT-SVID must carry (repeatable; at least one).
+    #[arg(long = "bound-audience", required = true)]
+    pub bound_audiences: Vec<String>,
+    /// SPIFFE ID, exact or a glob with `*` (e.g. spiffe://example.org/agent/*).
+    #[arg(long)]
+    pub bound_subject: String,
+    /// Policy the token gets (repeatable).
+    #[arg(long = "policy")]
+    pub policies: Vec<String>,
+    /// Token lifetime, e.g. 1h, 15m (default 1h).
+    #[arg(long)]
+    pub token_ttl: Option<String>,
+    /// Longest lifetime through renewals, e.g. 24h.
+    #[arg(long)]
+    pub token_max_ttl: Option<String>,
+    /// `service` (stored, renewable) or `batch` (stateless, signed).
+    #[arg(long, default_value = "service")]
+    pub token_type: String,
+    /// Refuse a JWT-SVID whose `jti` was already used to log in.
+    #[arg(long)]
+    pub single_use: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsKvCommand {
+    /// Write a new version of secret PATH (under `secret/`): KEY=VALUE...
+    Put {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        path: String,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsDbCommand {
+    /// Register a PostgreSQL server; its password is rotated so nobody knows it afterwards.
+    Configure {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// postgres://USER:PASSWORD@HOST:PORT/DB (USER needs CREATEROLE).
+        #[arg(long)]
+        connection_url: String,
+        /// Name of the connection (roles refer to it).
+        #[arg(long, default_value = "postgres")]
+        name: String,
+        /// Roles allowed to use this connection (repeatable; default all).
+        #[arg(long = "allowed-role")]
+        allowed_roles: Vec<String>,
+    },
+    /// Database roles.
+    #[command(subcommand)]
+    Role(SecretsDbRoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsDbRoleCommand {
+    /// Create or replace database role NAME.
+    Create {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        name: String,
+        /// SQL file; statements separated by `;`, with {{name}}, {{password}}, {{expiration}}.
+        #[arg(long)]
+        creation_statements: PathBuf,
+        #[arg(long)]
+        default_ttl: String,
+        #[arg(long)]
+        max_ttl: String,
+        /// Connection name (see `db configure --name`).
+        #[arg(long, default_value = "postgres")]
+        db_name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsLeaseCommand {
+    /// Revoke every lease whose id starts with PREFIX.
+    RevokePrefix {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        prefix: String,
+    },
+    /// Leases whose revocation failed and is being retried.
+    Pending {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
 }

@@ -20,6 +20,8 @@ pub const ENV_LOG: &str = "KEYLESS_LOG";
 pub const ENV_LOG_FORMAT: &str = "KEYLESS_LOG_FORMAT";
 pub const ENV_CA_TTL: &str = "KEYLESS_CA_TTL";
 pub const ENV_JWT_KEY_TTL: &str = "KEYLESS_JWT_KEY_TTL";
+pub const ENV_POLICIES_DIR: &str = "KEYLESS_POLICIES_DIR";
+pub const ENV_MTLS_LISTEN: &str = "KEYLESS_MTLS_LISTEN";
 
 pub const DEFAULT_DATA_DIR: &str = ".keyless";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
@@ -34,8 +36,24 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     pub trust_domain: Option<String>,
     pub database_url: Option<String>,
+    /// Address of the optional mTLS listener (`tls.rs`).
+    pub mtls_listen: Option<String>,
     #[serde(default)]
     pub identity: IdentityFileConfig,
+    /// Directory of `*.cedar` policies (+ `schema.cedarschema`), watched
+    /// and reloaded on change; default `<data_dir>/policies`.
+    pub policies_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub sts: StsFileConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StsFileConfig {
+    /// How long an STS signing key signs before it is rotated, e.g. "24h".
+    pub signing_key_lifetime: Option<String>,
+    /// How often rotation is checked and expired rows are purged, e.g. "1m".
+    pub maintenance_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +79,12 @@ pub struct Config {
     pub jwt_key_ttl: Option<Duration>,
     pub default_x509_ttl: Option<Duration>,
     pub default_jwt_ttl: Option<Duration>,
+    /// `None`: `<data_dir>/policies`.
+    pub policies_dir: Option<PathBuf>,
+    pub sts_signing_key_lifetime: Option<Duration>,
+    pub sts_maintenance_interval: Option<Duration>,
+    /// Address of the optional mTLS listener.
+    pub mtls_listen: Option<String>,
 }
 
 /// Parses a duration such as `10s`, `5m`, `1h`; a clear error otherwise.
@@ -123,6 +147,16 @@ impl Config {
                 "identity.default_jwt_ttl",
                 &file.identity.default_jwt_ttl,
             )?,
+            policies_dir: args.policies_dir.clone().or(file.policies_dir),
+            sts_signing_key_lifetime: file_duration(
+                "sts.signing_key_lifetime",
+                &file.sts.signing_key_lifetime,
+            )?,
+            sts_maintenance_interval: file_duration(
+                "sts.maintenance_interval",
+                &file.sts.maintenance_interval,
+            )?,
+            mtls_listen: args.mtls_listen.clone().or(file.mtls_listen),
         })
     }
 }
@@ -149,10 +183,33 @@ mod tests {
     }
 
     #[test]
+    fn mtls_listen_is_a_config_key() {
+        let c: FileConfig = toml::from_str("mtls_listen = \"127.0.0.1:8443\"").unwrap();
+        assert_eq!(c.mtls_listen.as_deref(), Some("127.0.0.1:8443"));
+        assert_eq!(ENV_MTLS_LISTEN, "KEYLESS_MTLS_LISTEN");
+    }
+
+    #[test]
     fn unknown_config_fields_are_refused() {
         let err = toml::from_str::<FileConfig>("listne = \"x\"").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
         let ok: FileConfig = toml::from_str("[identity]\nca_ttl = \"2h\"").unwrap();
         assert_eq!(ok.identity.ca_ttl.as_deref(), Some("2h"));
+    }
+
+    #[test]
+    fn policies_dir_and_sts_maintenance_settings_parse() {
+        let ok: FileConfig = toml::from_str(
+            "policies_dir = \"/etc/keyless/policies\"\n[sts]\nsigning_key_lifetime = \"12h\"\nmaintenance_interval = \"30s\"",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.policies_dir.as_deref(),
+            Some(Path::new("/etc/keyless/policies"))
+        );
+        assert_eq!(ok.sts.signing_key_lifetime.as_deref(), Some("12h"));
+        assert_eq!(ok.sts.maintenance_interval.as_deref(), Some("30s"));
+        let err = toml::from_str::<FileConfig>("[sts]\nkey_lifetime = \"1h\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use keyless_audit::AuditLog;
 use keyless_identity::Identity;
+use keyless_secrets::Secrets;
 use keyless_sts::Sts;
 
 #[derive(Clone)]
@@ -18,6 +19,7 @@ pub struct HttpState {
     pub identity: Arc<Identity>,
     pub audit: Arc<AuditLog>,
     pub sts: Arc<Sts>,
+    pub secrets: Arc<Secrets>,
     pub started: Instant,
 }
 
@@ -34,6 +36,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(keyless_identity::http::router(state.identity.clone()))
         .merge(keyless_audit::http::router(state.audit.clone()))
         .merge(keyless_sts::http::router(state.sts.clone()))
+        .merge(keyless_secrets::http::router(state.secrets.clone()))
         .merge(ops)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
@@ -62,5 +65,34 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         s.started.elapsed().as_secs_f64(),
         s.identity.x509_authorities().len(),
     );
+    let mut body = body;
+    body.push_str(&secrets_metrics(&s.secrets).await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// Lease gauges: live leases per engine, and the revocation backlog (a
+/// growing backlog means an engine keeps refusing revocations).
+async fn secrets_metrics(secrets: &Secrets) -> String {
+    let mut out = String::new();
+    if let Ok(counts) = secrets.lease_counts().await {
+        out.push_str(
+            "# HELP keyless_secrets_leases Live leases per secrets engine.\n\
+             # TYPE keyless_secrets_leases gauge\n",
+        );
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort();
+        for (engine, n) in counts {
+            out.push_str(&format!(
+                "keyless_secrets_leases{{engine=\"{engine}\"}} {n}\n"
+            ));
+        }
+    }
+    if let Ok(n) = secrets.revocation_backlog().await {
+        out.push_str(&format!(
+            "# HELP keyless_secrets_revocation_backlog Leases whose revocation is pending or being retried.\n\
+             # TYPE keyless_secrets_revocation_backlog gauge\n\
+             keyless_secrets_revocation_backlog {n}\n"
+        ));
+    }
+    out
 }

@@ -11,6 +11,7 @@ mod cmd;
 mod config;
 mod http;
 mod pem;
+mod tls;
 mod up;
 
 use std::process::ExitCode;

@@ -12,7 +12,10 @@ use std::time::Instant;
 use anyhow::Context;
 use keyless_audit::AuditLog;
 use keyless_identity::{Identity, IdentityConfig, TrustDomain};
+use keyless_secrets::{Secrets, SecretsConfig};
 use keyless_store::{FileKeyManager, KeyManager, Store};
+use keyless_sts::policy::{LoadedPolicies, PolicyStore};
+use keyless_sts::rar::RarRegistry;
 use keyless_sts::{Sts, StsConfig};
 use keyless_workload_api::WorkloadApi;
 use tokio::sync::watch;
@@ -86,6 +89,19 @@ pub async fn run(args: UpArgs) -> CliResult {
         .trim_end_matches('/')
         .to_owned();
 
+    // The optional mTLS listener is bound now too, so its address is known
+    // to the STS metadata (`mtls_endpoint_aliases`) before anything serves.
+    let mtls_listener = match &config.mtls_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on `{addr}` (mtls)"))?;
+            let local = l.local_addr().context("reading the mtls listen address")?;
+            Some((l, format!("https://{local}")))
+        }
+        None => None,
+    };
+
     let audit = AuditLog::open(
         store.clone(),
         keys.clone(),
@@ -112,20 +128,70 @@ pub async fn run(args: UpArgs) -> CliResult {
         .context("cannot open the identity service")?;
     let _rotation = identity.spawn_rotation();
 
-    let sts = Sts::open(
+    let mut sts_config = StsConfig::new(public_url.clone());
+    sts_config.mtls_base_url = mtls_listener.as_ref().map(|(_, url)| url.clone());
+    // Cedar policies: `<data-dir>/policies` unless configured, seeded with
+    // the built-in set on first start so operators have files to edit. An
+    // invalid set refuses the start (a running fabric keeps its last valid
+    // set instead: see the watcher below).
+    let policies_dir = config
+        .policies_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("policies"));
+    if LoadedPolicies::seed_dir(&policies_dir).context("cannot create the policies dir")? {
+        tracing::info!(dir = %policies_dir.display(), "seeded the policies dir with the default policy set");
+    }
+    let policies = Arc::new(PolicyStore::new(
+        LoadedPolicies::from_dir(&policies_dir).map_err(|e| {
+            CliError::Usage(format!(
+                "invalid policy set in `{}`: {e}",
+                policies_dir.display()
+            ))
+        })?,
+    ));
+    if let Some(d) = config.sts_signing_key_lifetime {
+        sts_config.signing_key_lifetime = d;
+    }
+    if let Some(d) = config.sts_maintenance_interval {
+        sts_config.maintenance_interval = d;
+    }
+    let sts = Sts::open_with(
         store.clone(),
         keys.clone(),
         identity.clone(),
         audit.clone(),
-        StsConfig::new(public_url.clone()),
+        sts_config,
+        RarRegistry::builtin().context("the built-in rar types")?,
+        policies.clone(),
     )
     .await
     .context("cannot open the token service")?;
+
+    // The Vault-compatible secrets broker (JWT-SVID login, KV v2, leases).
+    let secrets = Secrets::open(
+        store.clone(),
+        keys.clone(),
+        identity.clone(),
+        audit.clone(),
+        SecretsConfig::default(),
+    )
+    .await
+    .context("cannot open the secrets broker")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // STS upkeep (key rotation by age, retired-key removal, purges) and
+    // policy hot reload (polling, see `PolicyStore::spawn_watch_recording`).
+    let sts_maintenance = sts.spawn_maintenance(shutdown(shutdown_rx.clone()));
+    let policy_watch = policies.spawn_watch_recording(
+        policies_dir.clone(),
+        std::time::Duration::from_secs(1),
+        Some(audit.clone() as Arc<dyn keyless_audit::EventSink>),
+    );
+    // Revokes expired leases (first pass now: what expired while we were down).
+    let lease_worker = secrets.spawn_expiry_worker(shutdown(shutdown_rx.clone()));
 
     // Workload API: world-connectable, callers are attested.
     let workload_socket = data_dir.join("workload.sock");
@@ -142,6 +208,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     let admin_router = admin::router(admin::AdminState {
         identity: identity.clone(),
         sts: sts.clone(),
+        secrets: secrets.clone(),
     });
     let admin_task = {
         let stop = shutdown(shutdown_rx.clone());
@@ -156,8 +223,10 @@ pub async fn run(args: UpArgs) -> CliResult {
         identity: identity.clone(),
         audit: audit.clone(),
         sts: sts.clone(),
+        secrets: secrets.clone(),
         started,
     });
+    let mtls_router = mtls_listener.as_ref().map(|_| router.clone());
     let http_task = {
         let stop = shutdown(shutdown_rx.clone());
         tokio::spawn(async move {
@@ -171,6 +240,24 @@ pub async fn run(args: UpArgs) -> CliResult {
         })
     };
 
+    // mTLS: the same router, with the client's verified X509-SVID as a
+    // request extension (tls.rs).
+    let mtls_task = match mtls_listener.zip(mtls_router) {
+        Some(((listener, url), router)) => {
+            let tls = crate::tls::MtlsConfig::start(identity.clone(), shutdown_rx.clone())
+                .context("cannot start the mtls listener")?;
+            let task = tokio::spawn(crate::tls::serve(
+                listener,
+                router,
+                identity.clone(),
+                tls,
+                shutdown_rx.clone(),
+            ));
+            Some((task, url))
+        }
+        None => None,
+    };
+
     wait_for_socket(&workload_socket).await?;
     let demo_logins = demo_users(&sts).await?;
 
@@ -180,8 +267,16 @@ pub async fn run(args: UpArgs) -> CliResult {
     println!("  issuer:   {public_url}");
     println!("  SPIFFE JWT issuer: {public_url}/spiffe");
     println!("  SPIFFE_ENDPOINT_SOCKET=unix://{}", abs_socket.display());
+    println!("  secrets (Vault API): VAULT_ADDR={public_url}");
+    if let Some((_, url)) = &mtls_task {
+        println!("  mTLS:     {url} (client X509-SVIDs, certificate-bound tokens)");
+    }
     println!("  admin socket: {}", admin_socket.display());
     println!("  data dir: {}", data_dir.display());
+    println!(
+        "  policies: {} (reloaded on change)",
+        policies_dir.display()
+    );
     println!(
         "  sign in at {public_url}/login with a demo user (one-time passwords, new at every start):"
     );
@@ -195,8 +290,14 @@ pub async fn run(args: UpArgs) -> CliResult {
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = http_task.await;
+    if let Some((task, _)) = mtls_task {
+        let _ = task.await;
+    }
     let _ = admin_task.await;
+    let _ = lease_worker.await;
     let _ = workload_task.await;
+    policy_watch.abort();
+    let _ = sts_maintenance.await;
     audit.shutdown().await;
     let _ = std::fs::remove_file(&admin_socket);
     let _ = std::fs::remove_file(&workload_socket);

@@ -3,6 +3,7 @@
 mod audit;
 mod entry;
 mod policy;
+mod secrets;
 mod svid;
 mod user;
 
@@ -34,5 +35,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Policy(c) => policy::run(c),
         Command::User(c) => user::run_user(c).await,
         Command::Consent(c) => user::run_consent(c).await,
+        Command::Secrets(c) => secrets::run(c).await,
     }
 }

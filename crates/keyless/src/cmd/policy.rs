@@ -9,7 +9,13 @@ use crate::{CliError, CliResult};
 
 pub fn run(cmd: PolicyCommand) -> CliResult {
     let PolicyCommand::Test(a) = cmd;
-    let policies = match &a.policies {
+    // The same set the running fabric decides with: its policies dir when
+    // there is one, else the embedded defaults it would seed.
+    let dir = a.policies.clone().or_else(|| {
+        let d = a.data_dir.data_dir.join("policies");
+        d.is_dir().then_some(d)
+    });
+    let policies = match &dir {
         Some(dir) => LoadedPolicies::from_dir(dir),
         None => LoadedPolicies::defaults(),
     }
