@@ -114,6 +114,7 @@ EOF
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) ; else if (v ~ /m$/) n*=60000; else if (v ~ /s$/) n*=1000; printf "%.2f", n }'; }
 rows=()
 declare -A rate
+declare -A served
 run() { # LABEL URL BODYFILE CONTENT-TYPE THREADS CONNS
   local out rps p50 p99 bad
   out=$(wrk -t"$5" -c"$6" -d"${secs}s" --latency -s "$(lua "$3" "$4")" "$2")
@@ -123,6 +124,7 @@ run() { # LABEL URL BODYFILE CONTENT-TYPE THREADS CONNS
   bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); bad=${bad:-0}
   local total; total=$(awk '/requests in/ {print $1}' <<<"$out")
   rate["$1 -t$5 -c$6"]=$rps
+  served["$2"]=$(( ${served["$2"]:-0} + total ))
   rows+=("| $1 | -t$5 -c$6 | $(printf "%'.0f" "$rps") | $p50 ms | $p99 ms | $total | $bad |")
   echo "== $1, wrk -t$5 -c$6 ${secs}s: $rps req/s, p50 $p50 ms, p99 $p99 ms, $total requests, non-2xx $bad"
 }
@@ -132,6 +134,21 @@ for tc in "1 2" "2 4"; do
   run "OpenBao JWT login, service token" "$bao_url/v1/auth/jwt/login" "$dir/login-service.body" application/json "$1" "$2"
   run "OpenBao JWT login, batch token" "$bao_url/v1/auth/jwt/login" "$dir/login-batch.body" application/json "$1" "$2"
 done
+
+# Memory: keep both servers busy until each has served 100,000 requests
+# (exchanges; service-token logins), then read their RSS.
+grow() { # URL BODYFILE CONTENT-TYPE
+  local out total
+  while [ "${served["$1"]:-0}" -lt 100000 ]; do
+    out=$(wrk -t2 -c4 -d10s -s "$(lua "$2" "$3")" "$1")
+    total=$(awk '/requests in/ {print $1}' <<<"$out")
+    [ "${total:-0}" -gt 0 ] || { echo "no progress on $1"; break; }
+    served["$1"]=$(( ${served["$1"]:-0} + total ))
+  done
+}
+grow "$base/oauth2/token" "$dir/exchange.body" $form
+grow "$bao_url/v1/auth/jwt/login" "$dir/login-service.body" application/json
+echo "== RSS after ${served["$base/oauth2/token"]} Keyless exchanges: $(rss $kpid); after ${served["$bao_url/v1/auth/jwt/login"]} OpenBao logins (service and batch): $(rss $bpid)"
 
 # Still accepted after the load? (user access tokens last 10 minutes; rate limits)
 if once "token exchange after the load" "$base/oauth2/token" "$dir/exchange.body" $form; then

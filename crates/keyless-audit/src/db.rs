@@ -59,6 +59,34 @@ fn entry_row(r: &sqlx::any::AnyRow) -> Result<EntryRow, AuditError> {
 }
 
 /// Inserts entries `first..first+rows.len()` as (leaf hash, root after, canonical JSON).
+/// Indexes the token ids events name (`detail.jti`), see migration 0009.
+pub(crate) async fn insert_jtis(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[(&str, &str, u64)],
+) -> Result<(), AuditError> {
+    for (jti, kind, idx) in rows {
+        sqlx::query("INSERT INTO audit_jtis (jti, kind, idx) VALUES ($1, $2, $3)")
+            .bind(*jti)
+            .bind(*kind)
+            .bind(to_i64(*idx)?)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether an event of `kind` naming token `jti` is committed.
+pub(crate) async fn has_jti(pool: &AnyPool, jti: &str, kind: &str) -> Result<bool, AuditError> {
+    Ok(
+        sqlx::query("SELECT idx FROM audit_jtis WHERE jti = $1 AND kind = $2")
+            .bind(jti)
+            .bind(kind)
+            .fetch_optional(pool)
+            .await?
+            .is_some(),
+    )
+}
+
 pub(crate) async fn insert_entries(
     tx: &mut Transaction<'static, Any>,
     first: u64,

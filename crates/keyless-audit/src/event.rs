@@ -148,6 +148,16 @@ impl Event {
 pub trait EventSink: Send + Sync + std::fmt::Debug {
     /// Stores `event` durably and returns its log index.
     async fn record(&self, event: Event) -> Result<u64, SinkError>;
+
+    /// Queues `event` for durable storage without waiting for it; the
+    /// caller's effect must not take hold before [`EventSink::has_jti`]
+    /// finds it (see `AuditLog::append_queued`). By default: `record`.
+    async fn record_queued(&self, event: Event) -> Result<(), SinkError> {
+        self.record(event).await.map(|_| ())
+    }
+
+    /// Whether a durably stored event of `kind` has detail `jti` = `jti`.
+    async fn has_jti(&self, jti: &str, kind: &str) -> Result<bool, SinkError>;
 }
 
 /// The sink could not store an event; the action it describes must fail.
@@ -176,6 +186,16 @@ impl EventSink for MemorySink {
             .map_err(|_| SinkError("memory sink poisoned".into()))?;
         events.push(event);
         Ok(events.len() as u64 - 1)
+    }
+
+    async fn has_jti(&self, jti: &str, kind: &str) -> Result<bool, SinkError> {
+        let events = self
+            .events
+            .lock()
+            .map_err(|_| SinkError("memory sink poisoned".into()))?;
+        Ok(events
+            .iter()
+            .any(|e| e.kind == kind && e.detail.get("jti").and_then(|v| v.as_str()) == Some(jti)))
     }
 }
 

@@ -14,6 +14,13 @@
 //!   one writer task commits everything queued meanwhile in one
 //!   transaction, so throughput grows with concurrency while every
 //!   acknowledgement still follows its own commit.
+//!   [`AuditLog::append_queued`] ([`EventSink::record_queued`]) queues
+//!   for the next group commit without waiting, for decisions whose effect
+//!   is checked against the log before it takes hold: events naming a
+//!   token (`jti` detail) are indexed in `audit_jtis` in the same
+//!   transaction, and [`AuditLog::has_jti`] tells a consumer whether the
+//!   issuance is committed (the STS honours no on-behalf-of token before).
+//!   Queued appends are refused while commits are failing.
 //! - **Chain and seals.** Each row also stores the tree root after it (so an
 //!   entry is chained to all before it), and each committed batch stores a
 //!   *seal*: the checkpoint-key signature of the checkpoint body for the

@@ -158,6 +158,9 @@ struct Shared {
     signer: RwLock<Arc<dyn Signer>>,
     /// Serializes checkpoint issuance and key rotation within this process.
     checkpoint_lock: tokio::sync::Mutex<()>,
+    /// Set while the last batch failed to commit: queued appends are
+    /// refused then, since nobody would learn that they were lost.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 // === impl AuditLog ===
@@ -200,6 +203,7 @@ impl AuditLog {
             bus,
             signer: RwLock::new(signer),
             checkpoint_lock: tokio::sync::Mutex::new(()),
+            failing: std::sync::atomic::AtomicBool::new(false),
         });
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run_writer(shared.clone(), rx));
@@ -233,6 +237,47 @@ impl AuditLog {
             .await
             .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Queues `event` for the next group commit and returns without
+    /// waiting for it (typically well under a millisecond later). For
+    /// decisions whose effect is checked against the log before it takes
+    /// hold: a token issuance names its `jti`, and the token is honoured
+    /// only once [`AuditLog::has_jti`] finds it committed. Refused while
+    /// commits are failing.
+    pub async fn append_queued(&self, event: Event) -> Result<(), AuditError> {
+        if self
+            .shared
+            .failing
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(AuditError::WriteFailed(
+                "the last audit batch failed to commit".into(),
+            ));
+        }
+        let mut event = event.normalized();
+        if event.time == 0 {
+            event.time = keyless_store::now_millis();
+        }
+        let json = event.canonical_json().map_err(AuditError::Serialize)?;
+        let leaf = leaf_hash(json.as_bytes());
+        // Nobody waits for the answer: the receiver is dropped at once.
+        let (reply, _) = oneshot::channel();
+        self.queue
+            .send(Command::Append(Pending {
+                event,
+                json,
+                leaf,
+                reply,
+            }))
+            .await
+            .map_err(|_| AuditError::Closed)
+    }
+
+    /// Whether a committed event of `kind` names token `jti` (its `jti`
+    /// detail), in this process's log or another replica's.
+    pub async fn has_jti(&self, jti: &str, kind: &str) -> Result<bool, AuditError> {
+        db::has_jti(self.shared.store.pool(), jti, kind).await
     }
 
     /// The origin line of this log's checkpoints.
@@ -367,6 +412,18 @@ impl EventSink for AuditLog {
             .await
             .map_err(|e| SinkError(e.to_string()))
     }
+
+    async fn record_queued(&self, event: Event) -> Result<(), SinkError> {
+        self.append_queued(event)
+            .await
+            .map_err(|e| SinkError(e.to_string()))
+    }
+
+    async fn has_jti(&self, jti: &str, kind: &str) -> Result<bool, SinkError> {
+        AuditLog::has_jti(self, jti, kind)
+            .await
+            .map_err(|e| SinkError(e.to_string()))
+    }
 }
 
 // === impl Shared ===
@@ -406,6 +463,8 @@ impl Shared {
                 _ => break,
             }
         }
+        self.failing
+            .store(result.is_err(), std::sync::atomic::Ordering::Release);
         match result {
             Ok(first) => {
                 for (k, p) in batch.into_iter().enumerate() {
@@ -450,6 +509,15 @@ impl Shared {
 
         let mut tx = self.store.pool().begin().await?;
         db::insert_entries(&mut tx, base, &rows).await?;
+        let jtis: Vec<(&str, &str, u64)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(k, p)| {
+                let jti = p.event.detail.get("jti")?.as_str()?;
+                Some((jti, p.event.kind.as_str(), base + k as u64))
+            })
+            .collect();
+        db::insert_jtis(&mut tx, &jtis).await?;
         db::insert_seal(&mut tx, size, &root, signer.name(), &signature).await?;
         tx.commit().await?;
 

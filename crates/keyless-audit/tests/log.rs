@@ -280,3 +280,44 @@ async fn export_lines_rehash_to_their_leaves_and_entry_proofs_check() {
         );
     }
 }
+
+/// Queued appends are committed by the next group commit (with the token
+/// ids they name indexed), are part of the verified log, and `has_jti`
+/// answers only for committed events of the asked kind.
+#[tokio::test]
+async fn queued_appends_are_committed_and_their_jtis_indexed() {
+    for (backend, env) in backends("queued").await {
+        let log = env.open_log().await;
+        assert!(!log.has_jti("j-1", "token_exchange.success").await.unwrap());
+        let e = Event::new("token_exchange.success", Outcome::Success).detail("jti", "j-1");
+        log.append_queued(e).await.unwrap();
+        let mut found = false;
+        for _ in 0..200 {
+            if log.has_jti("j-1", "token_exchange.success").await.unwrap() {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(found, "{backend}: queued event never committed");
+        assert!(
+            !log.has_jti("j-1", "token.consumed").await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            !log.has_jti("j-2", "token_exchange.success").await.unwrap(),
+            "{backend}"
+        );
+        // A durable append after it: both are in the log, in order.
+        let i = log
+            .append(Event::new("token.consumed", Outcome::Success).detail("jti", "j-1"))
+            .await
+            .unwrap();
+        assert_eq!(i, 1, "{backend}");
+        assert!(
+            log.has_jti("j-1", "token.consumed").await.unwrap(),
+            "{backend}"
+        );
+        assert_eq!(log.size(), 2, "{backend}");
+    }
+}

@@ -18,6 +18,7 @@ mod error;
 pub mod http;
 mod jwt;
 pub mod memo;
+mod peer;
 mod rotation;
 mod selector;
 mod service;
@@ -26,6 +27,7 @@ mod svid;
 
 pub use entry::{NewEntry, RegistrationEntry};
 pub use error::IdentityError;
+pub use peer::PeerSvid;
 pub use selector::Selector;
 pub use service::{Identity, IdentityConfig, MAX_ENTRY_TTL, TRUST_DOMAIN_META_KEY};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

@@ -111,7 +111,7 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
     })
 }
 
-fn duration_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn duration_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Ds {
@@ -235,6 +235,97 @@ pub struct TokenInfo {
 pub struct LoginResult {
     pub client_token: String,
     pub info: TokenInfo,
+}
+
+/// What a verified login grants, whatever proved the identity.
+struct Grant<'a> {
+    role: &'a str,
+    /// SPIFFE ID of the workload.
+    identity: String,
+    display: String,
+    /// `Some("cert")` for logins that are not JWT (kept in the token's meta).
+    method: Option<&'static str>,
+    token_policies: &'a [String],
+    token_ttl: u64,
+    token_max_ttl: u64,
+    token_type: TokenType,
+    token_num_uses: u64,
+}
+
+/// A cert auth role (Vault's `auth/cert/certs/NAME`, field names kept):
+/// which X509-SVIDs, presented over the mTLS listener, may log in, and
+/// what the token gets. The certificate itself is verified by the
+/// listener against the trust bundle, so a role carries no CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRole {
+    #[serde(default)]
+    pub name: String,
+    /// SPIFFE IDs allowed, exact or glob with `*` (at least one).
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub allowed_uri_sans: Vec<String>,
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub token_policies: Vec<String>,
+    #[serde(default = "default_ttl", deserialize_with = "duration_secs")]
+    pub token_ttl: u64,
+    /// 0 = the broker's maximum.
+    #[serde(default, deserialize_with = "duration_secs")]
+    pub token_max_ttl: u64,
+    #[serde(default)]
+    pub token_type: TokenType,
+    #[serde(default)]
+    pub token_num_uses: u64,
+}
+
+// === impl CertRole ===
+
+impl CertRole {
+    fn validate(&self) -> Result<(), SecretsError> {
+        let bad = |m: String| SecretsError::InvalidRequest(m);
+        validate_role_name(&self.name)?;
+        if self.allowed_uri_sans.is_empty()
+            || self
+                .allowed_uri_sans
+                .iter()
+                .any(|p| !p.starts_with("spiffe://"))
+        {
+            return Err(bad(
+                "a cert role needs at least one `spiffe://` pattern in `allowed_uri_sans`".into(),
+            ));
+        }
+        if self.token_ttl == 0 {
+            return Err(bad("`token_ttl` must be positive".into()));
+        }
+        if self.token_max_ttl != 0 && self.token_max_ttl < self.token_ttl {
+            return Err(bad("`token_ttl` cannot exceed `token_max_ttl`".into()));
+        }
+        for p in &self.token_policies {
+            crate::acl::validate_policy_name(p)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `spiffe_id` is one this role admits.
+    pub fn admits(&self, spiffe_id: &str) -> bool {
+        self.allowed_uri_sans
+            .iter()
+            .any(|p| glob_match(p, spiffe_id))
+    }
+}
+
+fn validate_role_name(name: &str) -> Result<(), SecretsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SecretsError::InvalidRequest(format!(
+            "invalid role name `{name}`: use [a-zA-Z0-9._-], at most 128 bytes"
+        )))
+    }
 }
 
 type TokenRow = (
@@ -437,34 +528,54 @@ impl Secrets {
             self.consume_jti(jti, exp_ms).await?;
         }
 
+        self.issue_token(Grant {
+            role: &role.name,
+            identity: sub,
+            display,
+            method: None,
+            token_policies: &role.token_policies,
+            token_ttl: role.token_ttl,
+            token_max_ttl: role.token_max_ttl,
+            token_type: role.token_type,
+            token_num_uses: role.token_num_uses,
+        })
+        .await
+    }
+
+    /// Mints the token of a successful login (service: stored and counted
+    /// against the identity's quota; batch: signed, nothing stored).
+    async fn issue_token(&self, grant: Grant<'_>) -> Result<LoginResult, SecretsError> {
         let now = now_millis();
-        let max_ttl_ms = duration_ms(Duration::from_secs(role.token_max_ttl));
-        let ttl_ms = duration_ms(Duration::from_secs(role.token_ttl)).min(max_ttl_ms);
+        let max_ttl_ms = duration_ms(Duration::from_secs(grant.token_max_ttl));
+        let ttl_ms = duration_ms(Duration::from_secs(grant.token_ttl)).min(max_ttl_ms);
         let mut policies = vec![crate::acl::DEFAULT_POLICY_NAME.to_owned()];
-        for p in &role.token_policies {
+        for p in grant.token_policies {
             if !policies.contains(p) {
                 policies.push(p.clone());
             }
         }
         let mut meta = Map::new();
-        meta.insert("role".into(), Value::String(role.name.clone()));
-        meta.insert("spiffe_id".into(), Value::String(sub.clone()));
-        meta.insert("display_name".into(), Value::String(display));
+        meta.insert("role".into(), Value::String(grant.role.to_owned()));
+        meta.insert("spiffe_id".into(), Value::String(grant.identity.clone()));
+        meta.insert("display_name".into(), Value::String(grant.display));
+        if let Some(method) = grant.method {
+            meta.insert("auth_method".into(), Value::String(method.to_owned()));
+        }
         let mut info = TokenInfo {
             token: String::new(),
-            token_type: role.token_type,
+            token_type: grant.token_type,
             accessor: String::new(),
             policies,
             meta,
-            identity: sub,
-            role: role.name.clone(),
+            identity: grant.identity,
+            role: grant.role.to_owned(),
             created_at: now,
             expires_at: now.saturating_add(ttl_ms),
             max_expires_at: now.saturating_add(max_ttl_ms),
             ttl_ms,
-            num_uses: i64::try_from(role.token_num_uses).unwrap_or(i64::MAX),
+            num_uses: i64::try_from(grant.token_num_uses).unwrap_or(i64::MAX),
         };
-        match role.token_type {
+        match grant.token_type {
             TokenType::Batch => {
                 // Batch tokens cannot outlive their first TTL (no renewal).
                 info.max_expires_at = info.expires_at;
@@ -724,6 +835,171 @@ impl Secrets {
             let _ = self.process_due_revocations().await;
         }
         Ok(())
+    }
+}
+
+/// Vault's answer when no cert role admits the presented certificate.
+const NO_MATCHING_CERT_ROLE: &str =
+    "no chain matching all constraints could be found for this login certificate";
+
+impl Secrets {
+    // --- cert auth (X509-SVID over mTLS) ---
+
+    pub async fn write_cert_role(&self, mut role: CertRole) -> Result<CertRole, SecretsError> {
+        role.validate()?;
+        if role.token_max_ttl == 0 || role.token_max_ttl > self.config.max_token_ttl.as_secs() {
+            role.token_max_ttl = self.config.max_token_ttl.as_secs();
+        }
+        role.token_ttl = role.token_ttl.min(role.token_max_ttl);
+        let config = serde_json::to_string(&role)
+            .map_err(|e| SecretsError::InvalidRequest(format!("role: {e}")))?;
+        sqlx::query(
+            "INSERT INTO secrets_cert_roles (name, config, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET config = $2, updated_at = $3",
+        )
+        .bind(&role.name)
+        .bind(&config)
+        .bind(now_millis())
+        .execute(self.store.pool())
+        .await?;
+        self.record(
+            Event::new(kinds::ROLE_WRITTEN, Outcome::Success)
+                .detail("auth", "cert")
+                .detail("role", role.name.clone())
+                .detail("allowed_uri_sans", role.allowed_uri_sans.clone())
+                .detail("policies", role.token_policies.clone()),
+        )
+        .await?;
+        Ok(role)
+    }
+
+    pub async fn cert_role(&self, name: &str) -> Result<Option<CertRole>, SecretsError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT config FROM secrets_cert_roles WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.store.pool())
+                .await?;
+        row.map(|(c,)| {
+            serde_json::from_str(&c)
+                .map_err(|e| SecretsError::InvalidRequest(format!("stored role `{name}`: {e}")))
+        })
+        .transpose()
+    }
+
+    pub async fn list_cert_roles(&self) -> Result<Vec<String>, SecretsError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM secrets_cert_roles ORDER BY name")
+                .fetch_all(self.store.pool())
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    pub async fn delete_cert_role(&self, name: &str) -> Result<(), SecretsError> {
+        let done = sqlx::query("DELETE FROM secrets_cert_roles WHERE name = $1")
+            .bind(name)
+            .execute(self.store.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(SecretsError::NotFound(format!(
+                "role \"{name}\" could not be found"
+            )));
+        }
+        self.record(
+            Event::new(kinds::ROLE_DELETED, Outcome::Success)
+                .detail("auth", "cert")
+                .detail("role", name),
+        )
+        .await
+    }
+
+    /// `POST /v1/auth/cert/login {name?}` on a connection that presented
+    /// `peer` (verified by the mTLS listener). With a role name, that role
+    /// must admit the SVID's SPIFFE ID; without one, the first role (by
+    /// name) that does is used, as in Vault. Errors are `InvalidRequest`
+    /// with Vault's wording; every attempt is an audit event.
+    pub async fn login_cert(
+        &self,
+        role_name: Option<&str>,
+        peer: Option<&keyless_identity::PeerSvid>,
+    ) -> Result<LoginResult, SecretsError> {
+        let role_name = role_name.filter(|n| !n.is_empty());
+        let result = self.login_cert_inner(role_name, peer).await;
+        match &result {
+            Ok(login) => {
+                self.record(
+                    Event::new(kinds::LOGIN_SUCCESS, Outcome::Success)
+                        .agent(login.info.identity.clone())
+                        .detail("auth", "cert")
+                        .detail("role", login.info.role.clone())
+                        .detail("token_type", login.info.token_type.as_str())
+                        .detail("accessor", login.info.accessor.clone())
+                        .detail("policies", login.info.policies.clone()),
+                )
+                .await?;
+            }
+            Err(e) => {
+                let mut event = Event::new(kinds::LOGIN_DENIED, Outcome::Denied)
+                    .reason(e.to_string())
+                    .detail("auth", "cert")
+                    .detail("role", role_name.unwrap_or(""));
+                if let Some(p) = peer {
+                    // Verified by the TLS handshake, so a real agent.
+                    event = event.agent(p.spiffe_id.to_string());
+                }
+                self.record(event).await?;
+            }
+        }
+        result
+    }
+
+    async fn login_cert_inner(
+        &self,
+        role_name: Option<&str>,
+        peer: Option<&keyless_identity::PeerSvid>,
+    ) -> Result<LoginResult, SecretsError> {
+        let bad = |m: String| SecretsError::InvalidRequest(m);
+        let peer = peer.ok_or_else(|| bad("client certificate must be supplied".into()))?;
+        // The listener already checks this; a second look costs nothing.
+        if !peer.spiffe_id.is_member_of(self.identity.trust_domain()) {
+            return Err(bad(NO_MATCHING_CERT_ROLE.into()));
+        }
+        let id = peer.spiffe_id.to_string();
+        let role = match role_name {
+            Some(name) => {
+                let role = self
+                    .cert_role(name)
+                    .await?
+                    .ok_or_else(|| bad(format!("role \"{name}\" could not be found")))?;
+                if !role.admits(&id) {
+                    return Err(bad(NO_MATCHING_CERT_ROLE.into()));
+                }
+                role
+            }
+            None => {
+                let mut found = None;
+                for name in self.list_cert_roles().await? {
+                    if let Some(role) = self.cert_role(&name).await?
+                        && role.admits(&id)
+                    {
+                        found = Some(role);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| bad(NO_MATCHING_CERT_ROLE.into()))?
+            }
+        };
+        self.issue_token(Grant {
+            role: &role.name,
+            identity: id.clone(),
+            display: id,
+            method: Some("cert"),
+            token_policies: &role.token_policies,
+            token_ttl: role.token_ttl,
+            token_max_ttl: role.token_max_ttl,
+            token_type: role.token_type,
+            token_num_uses: role.token_num_uses,
+        })
+        .await
     }
 }
 

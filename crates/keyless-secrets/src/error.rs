@@ -34,10 +34,18 @@ pub enum SecretsError {
     /// The audit log could not record the event, so the action did not happen.
     #[error("audit log unavailable: {0}")]
     Audit(String),
+    /// A rotating credential's hook failed, timed out or could not start:
+    /// nothing was handed out and the previous credential stays valid.
+    #[error("rotation failed: {0}")]
+    Rotation(String),
     /// A lease revocation failed; the lease stays queued and is retried with
     /// backoff until it succeeds.
     #[error("{0}")]
     RevocationFailed(String),
+    /// The external secrets backend (OpenBao/Vault) failed or refused
+    /// Keyless itself (not the caller).
+    #[error("secrets backend: {0}")]
+    Backend(String),
 }
 
 impl From<sqlx::Error> for SecretsError {

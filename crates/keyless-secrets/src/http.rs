@@ -16,6 +16,14 @@
 //! - `/sys/wrapping/{wrap,unwrap,lookup}`; any JSON answer is wrapped when
 //!   the request carries `X-Vault-Wrap-TTL`.
 //! - `GET /database/creds/{role}` (a PostgreSQL login with a lease).
+//! - `POST|PUT /auth/cert/login {name?}` (X509-SVID login; only on the
+//!   mTLS listener, which puts the verified `PeerSvid` in the request);
+//!   `auth/cert/certs[/{name}]` (cert roles: read, write, delete, list).
+//! - `GET /rotating/creds/{name}` (rotates a registered credential through
+//!   its hook and returns the new secret under a short lease).
+//! - With the OpenBao backend, `secret/data/*` reads and writes and
+//!   `database/creds/*` are served by OpenBao (after Keyless's own token
+//!   and ACL checks); the other KV v2 paths answer 400 there.
 //! - `sys/policies/acl[/{name}]` and `auth/jwt/role[/{name}]` (read, write,
 //!   delete, list), for tokens whose policies grant those paths; there is
 //!   no root token, so the first such policy comes from the admin socket.
@@ -82,6 +90,12 @@ pub fn router(secrets: Arc<Secrets>) -> Router {
         .route("/v1/sys/policies/acl/{name}", any(policy_rw))
         .route("/v1/auth/jwt/role", any(role_list))
         .route("/v1/auth/jwt/role/{name}", any(role_rw))
+        // --- cert auth (X509-SVID over mTLS) and rotating credentials ---
+        .route("/v1/auth/cert/login", any(cert_login))
+        .route("/v1/auth/cert/certs", any(cert_role_list))
+        .route("/v1/auth/cert/certs/{name}", any(cert_role_rw))
+        .route("/v1/rotating/creds/{name}", get(rotating_creds))
+        // --- end cert auth and rotating credentials ---
         .with_state(secrets)
 }
 
@@ -102,6 +116,27 @@ pub fn error_response(e: SecretsError) -> Response {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 vec![
                     "lease revocation failed; the lease stays queued and is retried until it succeeds"
+                        .into(),
+                ],
+            )
+        }
+        SecretsError::Backend(_) => {
+            // OpenBao refused or failed Keyless itself: the caller learns
+            // nothing of the backend's configuration.
+            tracing::error!(error = %e, "secrets backend request failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                vec!["secrets backend unavailable (see the server log)".into()],
+            )
+        }
+        SecretsError::Rotation(_) => {
+            // The hook's details (program, exit status, stderr) stay in
+            // the server log.
+            tracing::error!(error = %e, "credential rotation failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                vec![
+                    "credential rotation failed: nothing was issued and the previous credential stays valid (see the server log)"
                         .into(),
                 ],
             )
@@ -157,13 +192,15 @@ fn wrap_ttl(headers: &HeaderMap) -> Result<Option<Duration>, SecretsError> {
     }
 }
 
-/// A JSON object body; empty means `{}`.
+/// A JSON object body; empty (or `null`, which the `bao` CLI sends for
+/// commands without data, e.g. `bao unwrap`) means `{}`.
 fn body_object(body: &Bytes) -> Result<Map<String, Value>, SecretsError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Null) => Ok(Map::new()),
         Ok(_) => Err(bad("request body must be a JSON object")),
         Err(e) => Err(bad(format!("failed to parse JSON input: {e}"))),
     }
@@ -347,11 +384,17 @@ async fn login(State(s): S, method: Method, headers: HeaderMap, body: Bytes) -> 
 
 fn lookup_data(info: &TokenInfo) -> Value {
     let now = keyless_store::now_millis();
+    // Tokens from cert login say so in their meta; the rest are JWT logins.
+    let method = info
+        .meta
+        .get("auth_method")
+        .and_then(Value::as_str)
+        .unwrap_or("jwt");
     json!({
         "accessor": info.accessor,
         "creation_time": info.created_at / 1000,
         "creation_ttl": secs(info.ttl_ms),
-        "display_name": format!("jwt-{}", info.meta.get("display_name").and_then(Value::as_str).unwrap_or(&info.identity)),
+        "display_name": format!("{method}-{}", info.meta.get("display_name").and_then(Value::as_str).unwrap_or(&info.identity)),
         "entity_id": "",
         "expire_time": rfc3339(info.expires_at),
         "explicit_max_ttl": 0,
@@ -360,7 +403,7 @@ fn lookup_data(info: &TokenInfo) -> Value {
         "meta": info.meta,
         "num_uses": info.num_uses,
         "orphan": true,
-        "path": "auth/jwt/login",
+        "path": format!("auth/{method}/login"),
         "policies": info.policies,
         "renewable": info.token_type == TokenType::Service,
         "ttl": secs(info.expires_at - now),
@@ -540,7 +583,7 @@ async fn kv_data(
                     ),
                 };
                 // Vault: `create` for a new secret, `update` for an existing one.
-                let exists = s.kv.metadata(&path).await?.is_some();
+                let exists = s.kv_exists(&path).await?;
                 let cap = if exists {
                     Capability::Update
                 } else {
@@ -561,6 +604,7 @@ async fn kv_data(
         Method::DELETE => {
             let run = async {
                 let info = s.authorize(token, &acl_path, &[Capability::Delete]).await?;
+                s.local_kv_only("kv delete")?;
                 s.kv.delete_latest(&path).await?;
                 s.kv_event(&info, crate::service::kinds::SECRET_DELETED, &path)
                     .await
@@ -603,6 +647,7 @@ async fn kv_list(s: &Secrets, headers: &HeaderMap, path: &str) -> Response {
         } else {
             format!("{path}/")
         };
+        s.local_kv_only("kv list")?;
         let keys = s.kv.list(&prefix).await?;
         Ok::<_, SecretsError>((info, keys))
     };
@@ -652,6 +697,7 @@ async fn kv_metadata(
         Method::GET => {
             let run = async {
                 let info = s.authorize(token, &acl_path, &[Capability::Read]).await?;
+                s.local_kv_only("kv metadata")?;
                 let meta = s.kv.metadata(&path).await?;
                 Ok::<_, SecretsError>((info, meta))
             };
@@ -667,13 +713,14 @@ async fn kv_metadata(
         Method::POST | Method::PUT => {
             let run = async {
                 let update: crate::kv::MetadataUpdate = body_as(&body)?;
-                let exists = s.kv.metadata(&path).await?.is_some();
+                let exists = s.kv_exists(&path).await?;
                 let cap = if exists {
                     Capability::Update
                 } else {
                     Capability::Create
                 };
                 let info = s.authorize(token, &acl_path, &[cap]).await?;
+                s.local_kv_only("kv metadata")?;
                 s.kv.update_metadata(&path, update).await?;
                 s.kv_event(&info, crate::service::kinds::SECRET_WRITTEN, &path)
                     .await
@@ -686,6 +733,7 @@ async fn kv_metadata(
         Method::DELETE => {
             let run = async {
                 let info = s.authorize(token, &acl_path, &[Capability::Delete]).await?;
+                s.local_kv_only("kv metadata")?;
                 s.kv.delete_metadata(&path).await?;
                 s.kv_event(&info, crate::service::kinds::SECRET_DELETED, &path)
                     .await
@@ -701,8 +749,29 @@ async fn kv_metadata(
 
 #[derive(Deserialize)]
 struct Versions {
-    #[serde(default)]
+    /// Numbers or numeric strings: the `bao`/`vault` CLI sends
+    /// `-versions=1,2` as `["1","2"]`.
+    #[serde(default, deserialize_with = "versions_list")]
     versions: Vec<u64>,
+}
+
+fn versions_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum One {
+        N(u64),
+        S(String),
+    }
+    Vec::<One>::deserialize(d)?
+        .into_iter()
+        .map(|v| match v {
+            One::N(n) => Ok(n),
+            One::S(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("invalid version `{s}`"))),
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -738,6 +807,7 @@ async fn kv_versions_op(
         let info = s
             .authorize(token_of(headers), &acl_path, &[Capability::Update])
             .await?;
+        s.local_kv_only(&format!("kv {verb}"))?;
         match op {
             VersionOp::Delete => s.kv.delete_versions(&path, &v.versions).await?,
             VersionOp::Undelete => s.kv.undelete(&path, &v.versions).await?,
@@ -1252,5 +1322,156 @@ async fn role_rw(
             }
         }
         _ => unsupported(),
+    }
+}
+
+// === handlers: cert auth (X509-SVID over mTLS) ===
+
+#[derive(Deserialize)]
+struct CertLoginBody {
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /v1/auth/cert/login {name?}`. Only the mTLS listener inserts a
+/// [`keyless_identity::PeerSvid`], so on the plain listener (or without a
+/// client certificate) this is 400 `client certificate must be supplied`.
+async fn cert_login(
+    State(s): S,
+    method: Method,
+    peer: Option<axum::Extension<keyless_identity::PeerSvid>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method != Method::POST && method != Method::PUT {
+        return unsupported();
+    }
+    let req: CertLoginBody = match body_as(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(e),
+    };
+    let peer = peer.map(|axum::Extension(p)| p);
+    match s.login_cert(Some(req.name.as_str()), peer.as_ref()).await {
+        Ok(login) => {
+            let env = Envelope {
+                auth: Some(auth_object(&login.client_token, &login.info)),
+                ..Envelope::default()
+            };
+            finish(&s, &headers, &login.info.identity, "auth/cert/login", env).await
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+async fn cert_role_list(
+    State(s): S,
+    method: Method,
+    Query(q): Query<VersionQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !is_list(&method, &q) {
+        return unsupported();
+    }
+    let run = async {
+        let info = s
+            .authorize(token_of(&headers), "auth/cert/certs/", &[Capability::List])
+            .await?;
+        Ok::<_, SecretsError>((info, s.list_cert_roles().await?))
+    };
+    match run.await {
+        Ok((_, keys)) if keys.is_empty() => error_response(SecretsError::NotFound(String::new())),
+        Ok((info, keys)) => {
+            let env = Envelope::data(json!({ "keys": keys }));
+            finish(&s, &headers, &info.identity, "auth/cert/certs/", env).await
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+async fn cert_role_rw(
+    State(s): State<Arc<Secrets>>,
+    method: Method,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let acl_path = format!("auth/cert/certs/{name}");
+    let token = token_of(&headers);
+    match method {
+        Method::GET => {
+            let run = async {
+                let info = s.authorize(token, &acl_path, &[Capability::Read]).await?;
+                let role = s
+                    .cert_role(&name)
+                    .await?
+                    .ok_or_else(|| SecretsError::NotFound(name.clone()))?;
+                Ok::<_, SecretsError>((info, role))
+            };
+            match run.await {
+                Ok((info, role)) => {
+                    let env = Envelope::data(serde_json::to_value(&role).unwrap_or(Value::Null));
+                    finish(&s, &headers, &info.identity, &acl_path, env).await
+                }
+                Err(e) => error_response(e),
+            }
+        }
+        Method::POST | Method::PUT => {
+            let run = async {
+                let mut fields = body_object(&body)?;
+                fields.insert("name".into(), Value::String(name.clone()));
+                let role: crate::CertRole = serde_json::from_value(Value::Object(fields))
+                    .map_err(|e| bad(format!("invalid role: {e}")))?;
+                s.authorize(token, &acl_path, &[Capability::Create, Capability::Update])
+                    .await?;
+                s.write_cert_role(role).await
+            };
+            match run.await {
+                Ok(_) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => error_response(e),
+            }
+        }
+        Method::DELETE => {
+            let run = async {
+                s.authorize(token, &acl_path, &[Capability::Delete]).await?;
+                s.delete_cert_role(&name).await
+            };
+            match run.await {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => error_response(e),
+            }
+        }
+        _ => unsupported(),
+    }
+}
+
+// === handlers: rotating credentials ===
+
+/// `GET /v1/rotating/creds/{name}`: rotates the credential and returns the
+/// new secret under a short lease (`data{name, secret, generation}`).
+async fn rotating_creds(State(s): S, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let acl_path = format!("rotating/creds/{name}");
+    let run = async {
+        let info = s
+            .authorize(token_of(&headers), &acl_path, &[Capability::Read])
+            .await?;
+        let rotated = s.read_rotating(&info, &name).await?;
+        Ok::<_, SecretsError>((info, rotated))
+    };
+    match run.await {
+        Ok((info, rotated)) => {
+            let env = Envelope {
+                lease_id: rotated.lease.lease_id.clone(),
+                renewable: rotated.lease.renewable,
+                lease_duration: rotated.lease.ttl_secs(),
+                data: Some(json!({
+                    "name": rotated.name,
+                    "secret": rotated.secret,
+                    "generation": rotated.generation,
+                })),
+                ..Envelope::default()
+            };
+            finish(&s, &headers, &info.identity, &acl_path, env).await
+        }
+        Err(e) => error_response(e),
     }
 }

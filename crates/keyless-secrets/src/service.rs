@@ -5,7 +5,7 @@
 //! (`database.rs`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyless_audit::{Event, EventSink, Outcome};
@@ -16,6 +16,7 @@ use crate::acl::{self, Acl, Capability, Policy};
 use crate::database::Database;
 use crate::kv::Kv;
 use crate::lease::{DatabaseBackend, LeaseBackend};
+use crate::openbao::{BROKER_ID_PATH, ENGINE_OPENBAO, OpenBaoClient, OpenBaoConfig, OpenBaoLeases};
 use crate::token::BatchSigner;
 use crate::{SecretsError, TokenInfo};
 
@@ -96,6 +97,9 @@ pub struct Secrets {
     acl_cache: Mutex<HashMap<Vec<String>, CachedAcl>>,
     policy_generation: std::sync::atomic::AtomicU64,
     pub(crate) backends: RwLock<HashMap<String, Arc<dyn LeaseBackend>>>,
+    /// Set once by [`Secrets::use_openbao`]: KV v2 and database credentials
+    /// then come from OpenBao (`openbao.rs`).
+    pub(crate) openbao: OnceLock<Arc<OpenBaoClient>>,
 }
 
 impl Secrets {
@@ -115,6 +119,10 @@ impl Secrets {
             crate::lease::ENGINE_DATABASE.to_owned(),
             Arc::new(DatabaseBackend(database.clone())),
         );
+        backends.insert(
+            crate::rotating::ENGINE_ROTATING.to_owned(),
+            Arc::new(crate::rotating::RotatingBackend(store.clone())),
+        );
         Ok(Arc::new(Self {
             store,
             identity,
@@ -127,7 +135,49 @@ impl Secrets {
             acl_cache: Mutex::new(HashMap::new()),
             policy_generation: std::sync::atomic::AtomicU64::new(0),
             backends: RwLock::new(backends),
+            openbao: OnceLock::new(),
         }))
+    }
+
+    /// Switches KV v2 and database credentials to OpenBao (once, before
+    /// serving). Keyless logs in with a JWT-SVID for
+    /// `spiffe://<td>/keyless/secrets-broker` minted from an in-memory entry
+    /// — never a stored registration entry, so no workload selector can
+    /// obtain the broker's identity. Nothing is contacted yet.
+    pub fn use_openbao(&self, config: OpenBaoConfig) -> Result<Arc<OpenBaoClient>, SecretsError> {
+        let identity = self.identity.clone();
+        let spiffe_id =
+            keyless_identity::SpiffeId::from_parts(identity.trust_domain(), BROKER_ID_PATH)
+                .map_err(|e| SecretsError::InvalidRequest(format!("broker spiffe id: {e}")))?;
+        let entry = keyless_identity::RegistrationEntry {
+            id: "keyless-secrets-broker".into(),
+            spiffe_id,
+            parent_id: None,
+            selectors: Vec::new(),
+            x509_ttl: identity.config().default_x509_ttl,
+            jwt_ttl: identity.config().default_jwt_ttl,
+            hint: "keyless-secrets-broker".into(),
+            admin: false,
+            created_at: 0,
+        };
+        let audience = vec![config.audience.clone()];
+        let jwt: crate::openbao::JwtSource = Arc::new(move || {
+            identity
+                .mint_jwt_svid(&entry, &audience)
+                .map(|svid| svid.token)
+                .map_err(|e| SecretsError::Backend(format!("minting the broker jwt-svid: {e}")))
+        });
+        let client = Arc::new(OpenBaoClient::new(config, jwt)?);
+        self.openbao.set(client.clone()).map_err(|_| {
+            SecretsError::Conflict("the openbao backend is already configured".into())
+        })?;
+        self.register_backend(ENGINE_OPENBAO, Arc::new(OpenBaoLeases(client.clone())));
+        Ok(client)
+    }
+
+    /// The OpenBao backend, when configured.
+    pub fn openbao(&self) -> Option<&Arc<OpenBaoClient>> {
+        self.openbao.get()
     }
 
     pub fn config(&self) -> &SecretsConfig {

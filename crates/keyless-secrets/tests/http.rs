@@ -692,3 +692,79 @@ async fn policies_and_roles_over_vaults_admin_paths() {
     let r = call(&f, "GET", "/v1/auth/jwt/role/team", Some(&op), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+/// What the `bao`/`vault` CLI actually sends: `-versions=1,2` as strings,
+/// and `null` as the body of commands without data (`bao unwrap`).
+#[tokio::test]
+async fn cli_shaped_bodies_string_versions_and_null_are_accepted() {
+    let f = open().await;
+    f.secrets
+        .write_policy(
+            "kv-admin",
+            r#"
+path "secret/data/cli/*" { capabilities = ["create", "read", "update"] }
+path "secret/delete/cli/*" { capabilities = ["update"] }
+path "secret/undelete/cli/*" { capabilities = ["update"] }
+path "secret/destroy/cli/*" { capabilities = ["update"] }
+"#,
+        )
+        .await
+        .unwrap();
+    let token = f.login("kv-admin", &["kv-admin"]).await.token;
+    for v in ["one", "two"] {
+        let r = call(
+            &f,
+            "POST",
+            "/v1/secret/data/cli/x",
+            Some(&token),
+            Some(json!({"data": {"v": v}})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = call(
+        &f,
+        "POST",
+        "/v1/secret/delete/cli/x",
+        Some(&token),
+        Some(json!({"versions": ["1", "2"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = call(&f, "GET", "/v1/secret/data/cli/x", Some(&token), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(
+        &f,
+        "POST",
+        "/v1/secret/undelete/cli/x",
+        Some(&token),
+        Some(json!({"versions": ["2"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = call(&f, "GET", "/v1/secret/data/cli/x", Some(&token), None).await;
+    assert_eq!(r.body["data"]["data"], json!({"v": "two"}));
+    // Not a number: refused, nothing destroyed.
+    let r = call(
+        &f,
+        "POST",
+        "/v1/secret/destroy/cli/x",
+        Some(&token),
+        Some(json!({"versions": ["two"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = call(&f, "GET", "/v1/secret/data/cli/x", Some(&token), None).await;
+    assert_eq!(r.body["data"]["data"], json!({"v": "two"}));
+
+    // A `null` body is an empty request, not an error.
+    let r = call(
+        &f,
+        "POST",
+        "/v1/auth/token/lookup-self",
+        Some(&token),
+        Some(Value::Null),
+    )
+    .await;
+    assert_ne!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+}

@@ -36,6 +36,8 @@ const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_sts_users"),
     migration!(6, "0006_secrets"),
     migration!(7, "0007_secrets_database"),
+    migration!(8, "0008_secrets_rotating"),
+    migration!(9, "0009_audit_jtis"),
 ];
 
 pub(crate) async fn current_version(store: &Store) -> Result<i64, StoreError> {

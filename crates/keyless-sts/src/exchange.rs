@@ -7,9 +7,13 @@
 //! actor, `may_act`, consent or policy checks; it only adds the rule that
 //! authority narrows (audience, details, scope, lifetime).
 //!
-//! Invariant: the STS never returns a token whose decision it did not
-//! record — the success event is written after signing and before the
-//! token leaves; if the audit log refuses it, the token is discarded.
+//! Invariant: no OBO token is honoured unless the decision that issued it
+//! is durably in the audit log. The success event (naming the `jti`) is
+//! queued for the log's next group commit before the token leaves (a
+//! failing log refuses the queueing, and the token is discarded), and
+//! every consumption — by a resource server at `/oauth2/consume`, or by a
+//! delegation spending its subject — first requires that event committed.
+//! Refusals are recorded durably before the error is returned.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -157,7 +161,14 @@ impl Sts {
                 event = event.reason(e.to_string()).detail("error", e.oauth_code());
             }
         }
-        self.events.record(event).await?;
+        if result.is_ok() {
+            // Queued, not awaited: the token is honoured only once this
+            // event is committed (`consume_token` checks), which keeps the
+            // fsync of the group commit off the exchange's latency.
+            self.events.record_queued(event).await?;
+        } else {
+            self.events.record(event).await?;
+        }
         result
     }
 
@@ -418,6 +429,7 @@ impl Sts {
         if subject.is_obo() {
             // Delegation spends the subject token: it cannot be both used
             // at its resource server and handed on, nor handed on twice.
+            self.ensure_issuance_recorded(&subject.jti).await?;
             self.consume(&subject.jti, subject.exp)
                 .await
                 .map_err(|e| match e {

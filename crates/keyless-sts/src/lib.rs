@@ -24,6 +24,17 @@
 //!   narrows, the subject token is spent), actor = a JWT-SVID, `may_act`,
 //!   registered resource servers (`invalid_target`), consent, RAR, Cedar,
 //!   OBO mint with a per-tier lifetime; every outcome is an audit event.
+//!   The success event is queued for the audit log's next group commit
+//!   (not awaited) and every consumption requires it committed
+//!   ([`Sts::consume_token`], delegation): no OBO token is honoured unless
+//!   its issuance is durably in the log.
+//! - Per-call facts without per-call reads (`live.rs`): session liveness,
+//!   token revocation and the user's consents for the agent are cached
+//!   under a generation counter that every revocation, logout and consent
+//!   change bumps after it commits (and, on PostgreSQL, announces to the
+//!   other replicas with `pg_notify`; a replica without a working listener
+//!   does not cache). Signature checks of a token presented again are
+//!   memoized (`keyless_identity::memo`); every other check runs each time.
 //! - RAR, RFC 9396 (`rar.rs`): registered types with JSON Schemas.
 //! - Cedar policy at issuance (`policy.rs`, `policies/`): atomic reloads,
 //!   an invalid set is refused and the old one stays in force; a polling
@@ -76,7 +87,9 @@
 //!   authentication (holding the token is the proof).
 //! - A user access token's `may_act` is fixed at issuance: a consent
 //!   granted later appears after the next refresh (a revoked consent bites
-//!   at once: the exchange re-reads consents).
+//!   at once: the exchange's consent cache is invalidated by the change).
+//! - Introspection answers `active: true` for an OBO token whose issuance
+//!   event is still in the audit log's queue (consumption waits for it).
 //! - Confidential clients of the code flow; `private_key_jwt` and DPoP
 //!   apply to the token exchange only (the `authorization_code` and
 //!   `refresh_token` grants ignore a `DPoP` header and issue Bearer tokens).

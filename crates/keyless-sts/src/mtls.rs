@@ -1,31 +1,10 @@
-//! The mTLS client identity (RFC 8705) as the HTTP layer sees it.
+//! The mTLS client identity (RFC 8705) as the STS sees it.
 //!
-//! The binary's TLS listener verifies a client certificate against the
-//! trust domain's current X.509 authorities and, when it is a valid
-//! X509-SVID, puts a [`PeerSvid`] into every request's extensions. Only
-//! that listener inserts it (nothing a client sends can), so a handler that
-//! finds one knows the connection proved possession of that SVID's key.
+//! The binary's TLS listener verifies a client certificate and, when it is
+//! a valid X509-SVID, puts a [`PeerSvid`] into every request's extensions.
 //! The token endpoint binds OBO tokens to it (`cnf.x5t#S256`); the gateway
-//! can authenticate agents by it.
+//! can authenticate agents by it. The type itself lives in
+//! `keyless-identity` (the secrets broker reads it too) and is re-exported
+//! here so existing users compile unchanged.
 
-use aws_lc_rs::digest;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keyless_identity::SpiffeId;
-
-/// A verified client X509-SVID of the TLS connection a request came on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerSvid {
-    pub spiffe_id: SpiffeId,
-    /// The leaf certificate, DER.
-    pub leaf_der: Vec<u8>,
-}
-
-// === impl PeerSvid ===
-
-impl PeerSvid {
-    /// RFC 8705 §3.1: base64url SHA-256 of the leaf's DER (`x5t#S256`).
-    pub fn x5t_s256(&self) -> String {
-        URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, &self.leaf_der))
-    }
-}
+pub use keyless_identity::PeerSvid;

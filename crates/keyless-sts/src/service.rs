@@ -102,6 +102,11 @@ pub struct AuthenticatedClient {
     pub uri: String,
 }
 
+/// How long a consumption waits for the issuance's group commit:
+/// `ISSUANCE_WAIT_STEPS × ISSUANCE_WAIT_STEP` at most.
+const ISSUANCE_WAIT_STEPS: u32 = 40;
+const ISSUANCE_WAIT_STEP: Duration = Duration::from_millis(5);
+
 /// The security token service. Create with [`Sts::open`].
 #[derive(Debug)]
 pub struct Sts {
@@ -566,6 +571,29 @@ impl Sts {
         }
     }
 
+    /// Requires the issuance of OBO token `jti` to be committed in the
+    /// audit log. The exchange queues that event before answering, so it
+    /// normally is; a consumer faster than the group commit waits a few
+    /// milliseconds. A token whose issuance never reached the log (the
+    /// process died first) is refused for good.
+    pub(crate) async fn ensure_issuance_recorded(&self, jti: &str) -> Result<(), StsError> {
+        for attempt in 0..ISSUANCE_WAIT_STEPS {
+            if self
+                .events
+                .has_jti(jti, kinds::TOKEN_EXCHANGE_SUCCESS)
+                .await?
+            {
+                return Ok(());
+            }
+            if attempt + 1 < ISSUANCE_WAIT_STEPS {
+                tokio::time::sleep(ISSUANCE_WAIT_STEP).await;
+            }
+        }
+        Err(StsError::InvalidToken(
+            "the token's issuance is not in the audit log".into(),
+        ))
+    }
+
     /// Verifies an OBO token presented to the resource server `audience`
     /// (whose SPIFFE ID, when registered, must be `caller`) and consumes it.
     pub async fn consume_token(
@@ -593,6 +621,7 @@ impl Sts {
         let Some(act) = &claims.act else {
             return Err(StsError::InvalidRequest("not an on-behalf-of token".into()));
         };
+        self.ensure_issuance_recorded(&claims.jti).await?;
         let result = self.consume(&claims.jti, claims.exp).await;
         let (kind, outcome) = match &result {
             Ok(()) => (kinds::TOKEN_CONSUMED, Outcome::Success),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use common::*;
 use keyless_audit::Outcome;
+use keyless_store::KeyManager;
 use keyless_sts::{
     AuthenticatedClient, ExchangeContext, StsConfig, StsError, TOKEN_TYPE_JWT,
     TokenExchangeRequest, TokenExchangeResponse,
@@ -628,17 +629,20 @@ async fn consume_is_atomic_across_processes_sharing_postgres() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    // Two pools on one database stand for two replicas.
-    let a = open_with(
+    // Two pools on one database stand for two replicas (one audit log).
+    let events = Arc::new(keyless_audit::MemorySink::default());
+    let a = open_with_events(
         keyless_store::Store::open(&url).await.unwrap(),
         &tmp.path().join("keys"),
         StsConfig::new(ISSUER),
+        events.clone(),
     )
     .await;
-    let b = open_with(
+    let b = open_with_events(
         keyless_store::Store::open(&url).await.unwrap(),
         &tmp.path().join("keys"),
         StsConfig::new(ISSUER),
+        events.clone(),
     )
     .await;
     assert_eq!(a.sts.jwks(), b.sts.jwks());
@@ -770,4 +774,63 @@ async fn revocations_on_one_replica_bite_on_the_others_sharing_postgres() {
     }
     let err = refused.expect("replica B kept issuing after the session ended on A");
     assert!(err.to_string().contains("no longer active"), "{err}");
+}
+
+/// A validly signed OBO token that the STS never recorded issuing (a lost
+/// audit batch, a stolen signing key) is never honoured.
+#[tokio::test]
+async fn an_obo_token_whose_issuance_is_not_in_the_audit_log_is_not_honoured() {
+    let (f, user, actor) = ready().await;
+    let resp = exchange(
+        &f,
+        &exchange_request(&user, &actor, "bank", &transfer(10.0)),
+    )
+    .await
+    .unwrap();
+    // Same header, same claims but the jti, signed with the STS's own key.
+    let header = jws_part(&resp.access_token, 0);
+    let mut claims = jws_part(&resp.access_token, 1);
+    claims["jti"] = json!("never-issued-jti");
+    let jwks = f.sts.jwks();
+    let kid = header["kid"].as_str().unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap()
+        .clone();
+    let mut signer = None;
+    for name in f.keys.list().await.unwrap() {
+        if let Ok(s) = f.keys.load(&name).await {
+            let pk = s.public_key();
+            if pk.len() == 65 && b64(&pk[1..33]) == jwk["x"].as_str().unwrap() {
+                signer = Some(s);
+            }
+        }
+    }
+    let signer = signer.unwrap();
+    let input = format!(
+        "{}.{}",
+        b64(&serde_json::to_vec(&header).unwrap()),
+        b64(&serde_json::to_vec(&claims).unwrap())
+    );
+    let forged = format!("{input}.{}", b64(&signer.sign(input.as_bytes()).unwrap()));
+    // The signature is good: it verifies as our token...
+    f.sts
+        .verify_access_token(&forged, Some("bank"))
+        .await
+        .unwrap();
+    // ...but no consumer may honour it.
+    let err = f
+        .sts
+        .consume_token(&forged, "bank", None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not in the audit log"), "{err}");
+    // The recorded one is honoured.
+    f.sts
+        .consume_token(&resp.access_token, "bank", None)
+        .await
+        .unwrap();
 }

@@ -50,6 +50,17 @@ pub fn router(state: AdminState) -> Router {
             post(secrets_revoke_prefix),
         )
         .route("/v1/secrets/leases/pending", get(secrets_pending))
+        // Cert auth roles and rotating credentials.
+        .route("/v1/secrets/cert-roles", get(secrets_list_cert_roles))
+        .route(
+            "/v1/secrets/cert-roles/{name}",
+            put(secrets_write_cert_role),
+        )
+        .route("/v1/secrets/rotating", get(secrets_list_rotating))
+        .route(
+            "/v1/secrets/rotating/{name}",
+            put(secrets_write_rotating).delete(secrets_delete_rotating),
+        )
         .with_state(state)
 }
 
@@ -205,6 +216,10 @@ fn secrets_error(e: SecretsError) -> Response {
         SecretsError::PermissionDenied => StatusCode::FORBIDDEN,
         SecretsError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         SecretsError::Database(_) => StatusCode::BAD_GATEWAY,
+        // The OpenBao backend refused or failed Keyless itself.
+        SecretsError::Backend(_) => StatusCode::BAD_GATEWAY,
+        // A rotating credential's hook failed (nothing was issued).
+        SecretsError::Rotation(_) => StatusCode::BAD_GATEWAY,
         SecretsError::RevocationFailed(_)
         | SecretsError::Decrypt(_)
         | SecretsError::Store(_)
@@ -255,6 +270,65 @@ async fn secrets_write_policy(
     };
     match s.secrets.write_policy(&name, &b.policy).await {
         Ok(p) => Json(json!({ "name": p.name, "paths": p.rules.len() })).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+// --- cert auth roles and rotating credentials ---
+
+async fn secrets_list_cert_roles(State(s): State<AdminState>) -> Response {
+    match s.secrets.list_cert_roles().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+async fn secrets_write_cert_role(
+    State(s): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut role: keyless_secrets::CertRole = match parse_body(&body, "cert role") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    role.name = name;
+    match s.secrets.write_cert_role(role).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+async fn secrets_list_rotating(State(s): State<AdminState>) -> Response {
+    match s.secrets.list_rotating().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+async fn secrets_write_rotating(
+    State(s): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut cred: keyless_secrets::RotatingCredential =
+        match parse_body(&body, "rotating credential") {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+    cred.name = name;
+    match s.secrets.write_rotating(cred).await {
+        Ok(c) => Json(c).into_response(),
+        Err(e) => secrets_error(e),
+    }
+}
+
+async fn secrets_delete_rotating(
+    State(s): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    match s.secrets.delete_rotating(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => secrets_error(e),
     }
 }

@@ -82,6 +82,19 @@ pub struct UpArgs {
     /// mTLS (client X509-SVIDs; RFC 8705 certificate-bound tokens).
     #[arg(long, env = config::ENV_MTLS_LISTEN)]
     pub mtls_listen: Option<String>,
+    /// Where the secrets broker keeps KV v2 secrets and gets database
+    /// credentials: `local` (default, in the store) or `openbao`.
+    #[arg(long, env = config::ENV_SECRETS_BACKEND)]
+    pub secrets_backend: Option<String>,
+    /// OpenBao/Vault address (http://HOST:PORT), with `--secrets-backend openbao`.
+    #[arg(long, env = config::ENV_OPENBAO_ADDR)]
+    pub openbao_addr: Option<String>,
+    /// OpenBao JWT auth role Keyless logs in with (its own JWT-SVID).
+    #[arg(long, env = config::ENV_OPENBAO_ROLE)]
+    pub openbao_role: Option<String>,
+    /// Audience of Keyless's JWT-SVID for OpenBao (default `openbao`).
+    #[arg(long, env = config::ENV_OPENBAO_AUDIENCE)]
+    pub openbao_audience: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +302,73 @@ pub enum SecretsCommand {
     /// Leases.
     #[command(subcommand)]
     Lease(SecretsLeaseCommand),
+    /// Cert auth roles: which X509-SVIDs may log in over the mTLS listener.
+    #[command(subcommand)]
+    Cert(SecretsCertCommand),
+    /// Rotating credentials: each read runs a hook with a new secret.
+    #[command(subcommand)]
+    Rotating(SecretsRotatingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCertCommand {
+    /// Create or replace cert role NAME (Vault's `auth/cert/certs/NAME`).
+    Create {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        name: String,
+        /// SPIFFE ID allowed to log in, exact or a glob with `*` (repeatable; at least one).
+        #[arg(long = "allowed-spiffe-id", required = true)]
+        allowed_spiffe_ids: Vec<String>,
+        /// Policy the token gets (repeatable).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// Token lifetime, e.g. 1h, 15m (default 1h).
+        #[arg(long)]
+        token_ttl: Option<String>,
+        /// `service` (stored, renewable) or `batch` (stateless, signed).
+        #[arg(long, default_value = "service")]
+        token_type: String,
+    },
+    /// List cert role names.
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsRotatingCommand {
+    /// Register (or update) rotating credential NAME, read at `rotating/creds/NAME`.
+    Create {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        name: String,
+        /// The hook program (absolute path; run without a shell, the new
+        /// secret on its stdin; exit 0 once the upstream accepted it).
+        #[arg(long)]
+        hook: String,
+        /// An argument for the hook (repeatable, in order).
+        #[arg(long = "hook-arg", allow_hyphen_values = true)]
+        hook_args: Vec<String>,
+        /// Lease of each read, e.g. 5m (default 5m).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How long the hook may run, e.g. 30s (default 30s).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// List rotating credential names.
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Forget rotating credential NAME (its live leases expire without a rotation).
+    Delete {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,10 @@ pub const ENV_CA_TTL: &str = "KEYLESS_CA_TTL";
 pub const ENV_JWT_KEY_TTL: &str = "KEYLESS_JWT_KEY_TTL";
 pub const ENV_POLICIES_DIR: &str = "KEYLESS_POLICIES_DIR";
 pub const ENV_MTLS_LISTEN: &str = "KEYLESS_MTLS_LISTEN";
+pub const ENV_SECRETS_BACKEND: &str = "KEYLESS_SECRETS_BACKEND";
+pub const ENV_OPENBAO_ADDR: &str = "KEYLESS_OPENBAO_ADDR";
+pub const ENV_OPENBAO_ROLE: &str = "KEYLESS_OPENBAO_ROLE";
+pub const ENV_OPENBAO_AUDIENCE: &str = "KEYLESS_OPENBAO_AUDIENCE";
 
 pub const DEFAULT_DATA_DIR: &str = ".keyless";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
@@ -45,6 +49,28 @@ pub struct FileConfig {
     pub policies_dir: Option<PathBuf>,
     #[serde(default)]
     pub sts: StsFileConfig,
+    #[serde(default)]
+    pub secrets: SecretsFileConfig,
+}
+
+/// `[secrets]`: the secrets broker's backend.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsFileConfig {
+    /// `local` (default) or `openbao`.
+    pub backend: Option<String>,
+    pub openbao_addr: Option<String>,
+    pub openbao_role: Option<String>,
+    pub openbao_audience: Option<String>,
+}
+
+/// The OpenBao backend's settings, once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenBaoSettings {
+    pub addr: String,
+    pub role: String,
+    /// `None`: the default audience (`openbao`).
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +111,11 @@ pub struct Config {
     pub sts_maintenance_interval: Option<Duration>,
     /// Address of the optional mTLS listener.
     pub mtls_listen: Option<String>,
+    /// `local` (or `None`) or `openbao`; checked by [`Config::openbao`].
+    pub secrets_backend: Option<String>,
+    pub openbao_addr: Option<String>,
+    pub openbao_role: Option<String>,
+    pub openbao_audience: Option<String>,
 }
 
 /// Parses a duration such as `10s`, `5m`, `1h`; a clear error otherwise.
@@ -157,7 +188,54 @@ impl Config {
                 &file.sts.maintenance_interval,
             )?,
             mtls_listen: args.mtls_listen.clone().or(file.mtls_listen),
+            secrets_backend: args.secrets_backend.clone().or(file.secrets.backend),
+            openbao_addr: args.openbao_addr.clone().or(file.secrets.openbao_addr),
+            openbao_role: args.openbao_role.clone().or(file.secrets.openbao_role),
+            openbao_audience: args
+                .openbao_audience
+                .clone()
+                .or(file.secrets.openbao_audience),
         })
+    }
+
+    /// The OpenBao settings when the secrets backend is `openbao`, `None`
+    /// for `local`; a usage error for an unknown backend, a missing address
+    /// or role, or OpenBao settings without the OpenBao backend.
+    pub fn openbao(&self) -> Result<Option<OpenBaoSettings>, String> {
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+        }
+        match self.secrets_backend.as_deref().map(str::trim) {
+            None | Some("local") => {
+                if given(&self.openbao_addr).is_some()
+                    || given(&self.openbao_role).is_some()
+                    || given(&self.openbao_audience).is_some()
+                {
+                    return Err(
+                        "--openbao-addr, --openbao-role and --openbao-audience need --secrets-backend openbao"
+                            .into(),
+                    );
+                }
+                Ok(None)
+            }
+            Some("openbao") => {
+                let addr = given(&self.openbao_addr)
+                    .ok_or("--secrets-backend openbao needs --openbao-addr URL")?;
+                let role = given(&self.openbao_role)
+                    .ok_or("--secrets-backend openbao needs --openbao-role ROLE")?;
+                if self.openbao_audience.is_some() && given(&self.openbao_audience).is_none() {
+                    return Err("--openbao-audience must not be empty".into());
+                }
+                Ok(Some(OpenBaoSettings {
+                    addr: addr.to_owned(),
+                    role: role.to_owned(),
+                    audience: given(&self.openbao_audience).map(str::to_owned),
+                }))
+            }
+            Some(other) => Err(format!(
+                "unknown secrets backend `{other}` (use `local` or `openbao`)"
+            )),
+        }
     }
 }
 
@@ -187,6 +265,73 @@ mod tests {
         let c: FileConfig = toml::from_str("mtls_listen = \"127.0.0.1:8443\"").unwrap();
         assert_eq!(c.mtls_listen.as_deref(), Some("127.0.0.1:8443"));
         assert_eq!(ENV_MTLS_LISTEN, "KEYLESS_MTLS_LISTEN");
+    }
+
+    fn with_backend(backend: Option<&str>, addr: Option<&str>, role: Option<&str>) -> Config {
+        let file: FileConfig = toml::from_str("").unwrap();
+        assert!(file.secrets.backend.is_none());
+        Config {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: DEFAULT_LISTEN.into(),
+            public_url: None,
+            trust_domain: None,
+            database_url: None,
+            ca_ttl: None,
+            jwt_key_ttl: None,
+            default_x509_ttl: None,
+            default_jwt_ttl: None,
+            policies_dir: None,
+            sts_signing_key_lifetime: None,
+            sts_maintenance_interval: None,
+            mtls_listen: None,
+            secrets_backend: backend.map(Into::into),
+            openbao_addr: addr.map(Into::into),
+            openbao_role: role.map(Into::into),
+            openbao_audience: None,
+        }
+    }
+
+    #[test]
+    fn secrets_backend_combinations_are_checked() {
+        assert_eq!(with_backend(None, None, None).openbao(), Ok(None));
+        assert_eq!(with_backend(Some("local"), None, None).openbao(), Ok(None));
+        let ok = with_backend(
+            Some("openbao"),
+            Some("http://127.0.0.1:8200"),
+            Some("keyless"),
+        )
+        .openbao()
+        .unwrap()
+        .unwrap();
+        assert_eq!(ok.addr, "http://127.0.0.1:8200");
+        assert_eq!(ok.role, "keyless");
+        assert_eq!(ok.audience, None);
+        let err = with_backend(Some("openbao"), None, Some("r"))
+            .openbao()
+            .unwrap_err();
+        assert!(err.contains("needs --openbao-addr"), "{err}");
+        let err = with_backend(Some("openbao"), Some("http://x:1"), Some(" "))
+            .openbao()
+            .unwrap_err();
+        assert!(err.contains("needs --openbao-role"), "{err}");
+        let err = with_backend(None, Some("http://x:1"), None)
+            .openbao()
+            .unwrap_err();
+        assert!(err.contains("need --secrets-backend openbao"), "{err}");
+        let err = with_backend(Some("vault"), None, None)
+            .openbao()
+            .unwrap_err();
+        assert!(err.contains("unknown secrets backend `vault`"), "{err}");
+        let file: FileConfig = toml::from_str(
+            "[secrets]\nbackend = \"openbao\"\nopenbao_addr = \"http://127.0.0.1:8200\"\nopenbao_role = \"k\"",
+        )
+        .unwrap();
+        assert_eq!(file.secrets.backend.as_deref(), Some("openbao"));
+        assert_eq!(file.secrets.openbao_role.as_deref(), Some("k"));
+        assert!(toml::from_str::<FileConfig>("[secrets]\nbackend_x = 1").is_err());
+        assert_eq!(ENV_SECRETS_BACKEND, "KEYLESS_SECRETS_BACKEND");
+        assert_eq!(ENV_OPENBAO_ADDR, "KEYLESS_OPENBAO_ADDR");
+        assert_eq!(ENV_OPENBAO_ROLE, "KEYLESS_OPENBAO_ROLE");
     }
 
     #[test]

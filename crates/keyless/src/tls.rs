@@ -15,7 +15,7 @@
 //!   (exactly one `spiffe://` URI SAN); otherwise the handshake, or the
 //!   connection, is refused.
 //! - A verified client SVID reaches handlers as a
-//!   [`keyless_sts::PeerSvid`] request extension, next to
+//!   [`keyless_identity::PeerSvid`] request extension, next to
 //!   `ConnectInfo<SocketAddr>` (the sign-in rate limit reads it).
 //!
 //! rustls with the aws-lc-rs provider, TLS 1.2 and 1.3, HTTP/1.1 (ALPN).
@@ -30,8 +30,7 @@ use anyhow::Context;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use keyless_identity::{Identity, RegistrationEntry, SpiffeId};
-use keyless_sts::PeerSvid;
+use keyless_identity::{Identity, PeerSvid, RegistrationEntry, SpiffeId};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};

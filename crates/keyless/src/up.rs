@@ -28,6 +28,20 @@ pub async fn run(args: UpArgs) -> CliResult {
     init_tracing();
     let started = Instant::now();
     let config = Config::resolve(&args)?;
+    // Checked before anything touches the data dir: a bad combination
+    // changes nothing.
+    let openbao = config.openbao().map_err(CliError::Usage)?;
+    let openbao = openbao
+        .map(|o| {
+            let mut bao = keyless_secrets::openbao::OpenBaoConfig::new(&o.addr, &o.role);
+            if let Some(a) = &o.audience {
+                bao.audience = a.clone();
+            }
+            bao.validate()
+                .map(|_| bao)
+                .map_err(|e| CliError::Usage(e.to_string()))
+        })
+        .transpose()?;
     let trust_domain: Option<TrustDomain> = config
         .trust_domain
         .as_deref()
@@ -177,6 +191,24 @@ pub async fn run(args: UpArgs) -> CliResult {
     )
     .await
     .context("cannot open the secrets broker")?;
+    // Optional OpenBao backend: KV v2 and database credentials come from
+    // OpenBao; Keyless logs in lazily with its own JWT-SVID (OpenBao may be
+    // configured to trust this fabric only once it is up), and keeps the
+    // OpenBao token in memory only.
+    let secrets_backend = match &openbao {
+        Some(o) => {
+            secrets
+                .use_openbao(o.clone())
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            format!(
+                "openbao at {} (role `{}`, as spiffe://{trust_domain}{})",
+                o.addr,
+                o.role,
+                keyless_secrets::openbao::BROKER_ID_PATH
+            )
+        }
+        None => "local".to_owned(),
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
@@ -268,6 +300,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     println!("  SPIFFE JWT issuer: {public_url}/spiffe");
     println!("  SPIFFE_ENDPOINT_SOCKET=unix://{}", abs_socket.display());
     println!("  secrets (Vault API): VAULT_ADDR={public_url}");
+    println!("  secrets backend: {secrets_backend}");
     if let Some((_, url)) = &mtls_task {
         println!("  mTLS:     {url} (client X509-SVIDs, certificate-bound tokens)");
     }

@@ -46,14 +46,23 @@ pub async fn open() -> Fixture {
     f
 }
 
-pub async fn open_with(store: Store, keys_dir: &Path, mut config: StsConfig) -> Fixture {
+pub async fn open_with(store: Store, keys_dir: &Path, config: StsConfig) -> Fixture {
+    open_with_events(store, keys_dir, config, Arc::new(MemorySink::default())).await
+}
+
+/// Like [`open_with`], recording into `events` (replicas share one log).
+pub async fn open_with_events(
+    store: Store,
+    keys_dir: &Path,
+    mut config: StsConfig,
+    events: Arc<MemorySink>,
+) -> Fixture {
     // Argon2 at production cost takes seconds in a debug build.
     config.password_hash_cost = keyless_sts::PasswordHashCost {
         memory_kib: 64,
         iterations: 1,
     };
     let keys = Arc::new(FileKeyManager::open(keys_dir).unwrap());
-    let events = Arc::new(MemorySink::default());
     let identity = Identity::open(
         store.clone(),
         keys.clone(),

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::cli::{
-    SecretsCommand, SecretsDbCommand, SecretsDbRoleCommand, SecretsKvCommand, SecretsLeaseCommand,
-    SecretsPolicyCommand, SecretsRoleCommand,
+    SecretsCertCommand, SecretsCommand, SecretsDbCommand, SecretsDbRoleCommand, SecretsKvCommand,
+    SecretsLeaseCommand, SecretsPolicyCommand, SecretsRoleCommand, SecretsRotatingCommand,
 };
 use crate::{CliError, CliResult, admin};
 
@@ -47,6 +47,8 @@ fn segment(s: &str) -> String {
 
 pub async fn run(cmd: SecretsCommand) -> CliResult {
     match cmd {
+        SecretsCommand::Cert(c) => run_cert(c).await,
+        SecretsCommand::Rotating(c) => run_rotating(c).await,
         SecretsCommand::Policy(SecretsPolicyCommand::Write {
             data_dir,
             name,
@@ -246,6 +248,120 @@ pub async fn run(cmd: SecretsCommand) -> CliResult {
                 "{}",
                 serde_json::to_string_pretty(&reply.body).unwrap_or_default()
             );
+            Ok(())
+        }
+    }
+}
+
+// === cert auth roles and rotating credentials ===
+
+async fn print_names(data_dir: &std::path::Path, path: &str) -> CliResult {
+    let reply = call(data_dir, "GET", path, None).await?;
+    for name in reply.body.as_array().into_iter().flatten() {
+        println!("{}", name.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+async fn run_cert(cmd: SecretsCertCommand) -> CliResult {
+    match cmd {
+        SecretsCertCommand::Create {
+            data_dir,
+            name,
+            allowed_spiffe_ids,
+            policies,
+            token_ttl,
+            token_type,
+        } => {
+            if !matches!(token_type.as_str(), "service" | "batch") {
+                return Err(CliError::Usage(format!(
+                    "invalid token type `{token_type}`: use service or batch"
+                )));
+            }
+            if let Some(bad) = allowed_spiffe_ids
+                .iter()
+                .find(|p| !p.starts_with("spiffe://"))
+            {
+                return Err(CliError::Usage(format!(
+                    "invalid --allowed-spiffe-id `{bad}`: expected spiffe://…"
+                )));
+            }
+            let mut role = Map::new();
+            role.insert("allowed_uri_sans".into(), json!(allowed_spiffe_ids));
+            role.insert("token_policies".into(), json!(policies));
+            role.insert("token_type".into(), json!(token_type));
+            if let Some(t) = &token_ttl {
+                role.insert(
+                    "token_ttl".into(),
+                    json!(duration("--token-ttl", t)?.as_secs()),
+                );
+            }
+            call(
+                &data_dir.data_dir,
+                "PUT",
+                &format!("/v1/secrets/cert-roles/{}", segment(&name)),
+                Some(Value::Object(role)),
+            )
+            .await?;
+            println!("cert role `{name}` written");
+            Ok(())
+        }
+        SecretsCertCommand::List { data_dir } => {
+            print_names(&data_dir.data_dir, "/v1/secrets/cert-roles").await
+        }
+    }
+}
+
+async fn run_rotating(cmd: SecretsRotatingCommand) -> CliResult {
+    match cmd {
+        SecretsRotatingCommand::Create {
+            data_dir,
+            name,
+            hook,
+            hook_args,
+            ttl,
+            timeout,
+        } => {
+            if !std::path::Path::new(&hook).is_absolute() {
+                return Err(CliError::Usage(format!(
+                    "invalid --hook `{hook}`: the program must be an absolute path"
+                )));
+            }
+            let mut argv = vec![hook];
+            argv.extend(hook_args);
+            let mut cred = Map::new();
+            cred.insert("hook".into(), json!(argv));
+            if let Some(t) = &ttl {
+                cred.insert("ttl".into(), json!(duration("--ttl", t)?.as_secs()));
+            }
+            if let Some(t) = &timeout {
+                cred.insert(
+                    "hook_timeout".into(),
+                    json!(duration("--timeout", t)?.as_secs()),
+                );
+            }
+            call(
+                &data_dir.data_dir,
+                "PUT",
+                &format!("/v1/secrets/rotating/{}", segment(&name)),
+                Some(Value::Object(cred)),
+            )
+            .await?;
+            println!("rotating credential `{name}` written: read it at rotating/creds/{name}");
+            Ok(())
+        }
+        SecretsRotatingCommand::List { data_dir } => {
+            print_names(&data_dir.data_dir, "/v1/secrets/rotating").await
+        }
+        SecretsRotatingCommand::Delete { data_dir, name } => {
+            call(
+                &data_dir.data_dir,
+                "DELETE",
+                &format!("/v1/secrets/rotating/{}", segment(&name)),
+                None,
+            )
+            .await?;
+            println!("rotating credential `{name}` deleted");
             Ok(())
         }
     }

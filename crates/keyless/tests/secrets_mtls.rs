@@ -1,0 +1,322 @@
+//! The secrets broker's cert login and rotating credentials through the
+//! real binary: `keyless up --mtls-listen 127.0.0.1:0`, a cert role and a
+//! rotating credential created with the admin CLI, an X509-SVID fetched
+//! from the Workload API (rust-spiffe), `POST /v1/auth/cert/login` over
+//! mTLS with and without that certificate, then a rotating read with the
+//! token it returned, checked against what the hook received.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+mod mtls_client;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use common::{TRUST_DOMAIN, keyless_bin, own_uid_selector};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+use spiffe::{TrustDomain, WorkloadApiClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SPIFFE_ID: &str = "spiffe://example.org/test/cert-login";
+const READY: Duration = Duration::from_secs(30);
+const HOOK: &str = r#"#!/bin/sh
+IFS= read -r secret || true
+printf '%s %s\n' "$KEYLESS_ROTATING_REASON" "$secret" >> "$1"
+"#;
+
+/// `keyless up` with an mTLS listener on a free port; killed on drop.
+struct MtlsFabric {
+    child: Child,
+    dir: tempfile::TempDir,
+    stdout: Vec<String>,
+    mtls: SocketAddr,
+}
+
+impl MtlsFabric {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut child = Command::new(keyless_bin())
+            .args(["up", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--mtls-listen", "127.0.0.1:0"])
+            .args(["--trust-domain", TRUST_DOMAIN])
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .env_remove("KEYLESS_MTLS_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut stdout = Vec::new();
+        let deadline = Instant::now() + READY;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let ready = line.trim() == "ready";
+                    stdout.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let stderr =
+                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                    panic!("no `ready` ({e}):\n{}\n{stderr}", stdout.join("\n"));
+                }
+            }
+        }
+        let mtls = stdout
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("mTLS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|url| url.strip_prefix("https://"))
+            .unwrap_or_else(|| panic!("no mTLS line in:\n{}", stdout.join("\n")))
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            dir,
+            stdout,
+            mtls,
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn cli(&self, args: &[&str]) {
+        let out = Command::new(keyless_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "keyless {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for MtlsFabric {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request over a fresh TLS connection: (status, JSON body).
+async fn request(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let name = ServerName::try_from("keyless.test").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let token = token
+            .map(|t| format!("X-Vault-Token: {t}\r\n"))
+            .unwrap_or_default();
+        tls.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: keyless.test\r\nConnection: close\r\n{token}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut raw = Vec::new();
+        tls.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap()
+}
+
+fn hook_calls(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn cert_login_over_mtls_then_a_rotating_read() {
+    let fabric = MtlsFabric::start();
+    let work = fabric.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let policy = work.join("reader.hcl");
+    std::fs::write(
+        &policy,
+        r#"path "rotating/creds/*" { capabilities = ["read"] }"#,
+    )
+    .unwrap();
+    let script = work.join("hook.sh");
+    std::fs::write(&script, HOOK).unwrap();
+    let log = work.join("hook.log");
+
+    fabric.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        SPIFFE_ID,
+        "--selector",
+        &own_uid_selector(),
+    ]);
+    fabric.cli(&[
+        "secrets",
+        "policy",
+        "write",
+        "reader",
+        policy.to_str().unwrap(),
+    ]);
+    fabric.cli(&[
+        "secrets",
+        "cert",
+        "create",
+        "tests",
+        "--allowed-spiffe-id",
+        "spiffe://example.org/test/*",
+        "--policy",
+        "reader",
+        "--token-ttl",
+        "10m",
+    ]);
+    fabric.cli(&[
+        "secrets",
+        "rotating",
+        "create",
+        "upstream",
+        "--hook",
+        "/bin/sh",
+        "--hook-arg",
+        script.to_str().unwrap(),
+        "--hook-arg",
+        log.to_str().unwrap(),
+        "--ttl",
+        "1m",
+    ]);
+
+    let socket = format!(
+        "unix://{}",
+        fabric.data_dir().join("workload.sock").display()
+    );
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        WorkloadApiClient::connect_to(socket),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let ctx = tokio::time::timeout(Duration::from_secs(10), client.fetch_x509_context())
+        .await
+        .unwrap()
+        .unwrap();
+    let svid = ctx.default_svid().unwrap();
+    let roots: Vec<Vec<u8>> = ctx
+        .bundle_set()
+        .get(&TrustDomain::new(TRUST_DOMAIN).unwrap())
+        .unwrap()
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    let chain: Vec<Vec<u8>> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    let key = svid.private_key().as_bytes().to_vec();
+    let with_svid = mtls_client::config(&roots, Some((chain, key)));
+    let without = mtls_client::config(&roots, None);
+
+    // No client certificate: Vault's 400, and no token.
+    let (status, body) = request(
+        fabric.mtls,
+        without,
+        "POST",
+        "/v1/auth/cert/login",
+        None,
+        r#"{"name":"tests"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0], "client certificate must be supplied");
+
+    // With the X509-SVID: the JWT login's auth block.
+    let (status, body) = request(
+        fabric.mtls,
+        with_svid.clone(),
+        "POST",
+        "/v1/auth/cert/login",
+        None,
+        r#"{"name":"tests"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", fabric.stdout.join("\n"));
+    assert_eq!(body["auth"]["metadata"]["spiffe_id"], SPIFFE_ID);
+    assert_eq!(
+        body["auth"]["policies"],
+        serde_json::json!(["default", "reader"])
+    );
+    assert_eq!(body["auth"]["lease_duration"], 600);
+    let token = body["auth"]["client_token"].as_str().unwrap().to_owned();
+
+    // The token reads the rotating credential: the hook got exactly the
+    // returned secret.
+    let (status, body) = request(
+        fabric.mtls,
+        with_svid,
+        "GET",
+        "/v1/rotating/creds/upstream",
+        Some(&token),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let secret = body["data"]["secret"].as_str().unwrap();
+    assert_eq!(hook_calls(&log), vec![format!("read {secret}")]);
+    assert!(
+        body["lease_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("rotating/creds/upstream/")
+    );
+    assert_eq!(body["renewable"], false);
+}
