@@ -44,10 +44,6 @@
 //! - `bao login -method=jwt` has no CLI handler in OpenBao itself: clients
 //!   log in with `bao write auth/jwt/login role=… jwt=…` (tested), then
 //!   `bao login TOKEN`.
-//! - Two `bao` CLI forms are refused (hvac works): `bao unwrap` without an
-//!   argument (the wrapping token in `VAULT_TOKEN`; the body is `null`, the
-//!   handler wants a JSON object) and `bao kv undelete|destroy -versions=N`
-//!   (the CLI sends the versions as strings, the handler wants integers).
 //! - Response wrapping of 204 answers; token accessor endpoints
 //!   (`auth/token/lookup-accessor`, …); `sys/capabilities-self`; the
 //!   Vault HTTP paths for database configuration (`database/config`,
