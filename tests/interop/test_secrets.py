@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -278,3 +279,87 @@ def test_secrets_cli_refuses_bad_input_and_changes_nothing(fabric, tmp_path):
 
     assert fabric.cli("secrets", "policy", "list").ok().stdout.split() == ["default"]
     assert fabric.cli("secrets", "role", "list").ok().stdout.strip() == ""
+
+
+def _pg_rows(url: str, sql: str) -> list[str]:
+    out = subprocess.run(
+        [shutil.which("psql") or "psql", url, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        check=True, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    return [line for line in out.stdout.splitlines() if line]
+
+
+def test_dynamic_postgres_credential_end_to_end_with_psql(fabric, own_uid_selector, tmp_path, postgres_manager):
+    """A dynamic credential logs in with psql and reads exactly what its role
+    grants; revoking its lease drops the role and kills its open session; a
+    lease that expires while Keyless is stopped is revoked at the next start."""
+    manager_url, admin_url = postgres_manager
+    manager = manager_url.split("://", 1)[1].split(":", 1)[0]
+    table = f"kl_e2e_{uuid.uuid4().hex[:8]}"
+    _psql(admin_url, f"CREATE TABLE {table} (v TEXT); INSERT INTO {table} VALUES ('granted'); "
+                     f"GRANT SELECT ON {table} TO {manager} WITH GRANT OPTION")
+    try:
+        fabric.create_entry(SPIFFE_ID, own_uid_selector)
+        policy = tmp_path / "db.hcl"
+        policy.write_text('path "database/creds/*" { capabilities = ["read"] }\n'
+                          'path "sys/leases/revoke" { capabilities = ["update"] }\n')
+        fabric.cli("secrets", "policy", "write", "db", str(policy)).ok()
+        fabric.cli("secrets", "role", "create", "app", "--bound-audience", AUDIENCE,
+                   "--bound-subject", "spiffe://example.org/app/*", "--policy", "db").ok()
+        fabric.cli("secrets", "db", "configure", "--connection-url", manager_url).ok()
+        sql = tmp_path / "create.sql"
+        sql.write_text(
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';\n"
+            f"GRANT SELECT ON {table} TO \"{{{{name}}}}\";\n"
+        )
+        fabric.cli("secrets", "db", "role", "create", "ro", "--creation-statements", str(sql),
+                   "--default-ttl", "5m", "--max-ttl", "1h").ok()
+        fabric.cli("secrets", "db", "role", "create", "short", "--creation-statements", str(sql),
+                   "--default-ttl", "2s", "--max-ttl", "1h").ok()
+
+        client = _client(fabric)
+        client.auth.jwt.jwt_login(role="app", jwt=_jwt(fabric))
+        creds = client.read("database/creds/ro")
+        user, password = creds["data"]["username"], creds["data"]["password"]
+        host_part = admin_url.split("@", 1)[1]
+        user_url = f"postgres://{user}:{password}@{host_part}"
+        # psql, as the credential: reads what it was granted, nothing more.
+        assert _pg_rows(user_url, f"SELECT v FROM {table}") == ["granted"]
+        denied = subprocess.run([shutil.which("psql") or "psql", user_url, "-c", f"INSERT INTO {table} VALUES ('x')"],
+                                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert denied.returncode != 0 and "permission denied" in denied.stderr
+        # An open session of the credential...
+        session = subprocess.Popen([shutil.which("psql") or "psql", user_url, "-c", "SELECT pg_sleep(60)"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                if _pg_rows(admin_url, f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}'") != ["0"]:
+                    break
+                time.sleep(0.05)
+            assert client.sys.revoke_lease(lease_id=creds["lease_id"]).status_code == 204
+            # ...is terminated, and the role is gone.
+            session.wait(timeout=15)
+            assert session.returncode != 0
+        finally:
+            if session.poll() is None:
+                session.kill()
+        assert _pg_rows(admin_url, f"SELECT count(*) FROM pg_roles WHERE rolname = '{user}'") == ["0"]
+
+        # Expires while Keyless is down: revoked at the next start.
+        short = client.read("database/creds/short")
+        short_user = short["data"]["username"]
+        assert _pg_rows(admin_url, f"SELECT count(*) FROM pg_roles WHERE rolname = '{short_user}'") == ["1"]
+        fabric.stop()
+        # Still there with Keyless down (so the start-up pass is what drops it).
+        assert _pg_rows(admin_url, f"SELECT count(*) FROM pg_roles WHERE rolname = '{short_user}'") == ["1"]
+        time.sleep(3)
+        fabric.start(port=fabric.port)
+        gone = False
+        for _ in range(150):
+            if _pg_rows(admin_url, f"SELECT count(*) FROM pg_roles WHERE rolname = '{short_user}'") == ["0"]:
+                gone = True
+                break
+            time.sleep(0.1)
+        assert gone, "the lease that expired while Keyless was stopped was not revoked at start-up"
+    finally:
+        _psql(admin_url, f"DROP TABLE IF EXISTS {table}")

@@ -291,3 +291,84 @@ async fn invalid_roles_are_refused_and_change_nothing() {
         .is_err()
     );
 }
+
+/// A JWT-SVID signed by the trust domain's real key but expired (or not
+/// yet valid) is refused, and nothing is issued.
+#[tokio::test]
+async fn an_expired_or_not_yet_valid_jwt_svid_is_refused() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use keyless_store::KeyManager;
+
+    let f = open().await;
+    f.role("agents", AGENT, &[]).await;
+    let good = f.svid(AGENT, AUD).await;
+    let part = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&B64.decode(good.split('.').nth(i).unwrap()).unwrap()).unwrap()
+    };
+    let (header, claims) = (part(0), part(1));
+    // The identity's JWT signing key, found by its public key.
+    let jwks = f.identity.jwt_authorities();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .unwrap()
+        .clone();
+    let mut signer = None;
+    for name in f.keys.list().await.unwrap() {
+        if let Ok(s) = f.keys.load(&name).await {
+            let pk = s.public_key();
+            if pk.len() == 65 && B64.encode(&pk[1..33]) == jwk["x"].as_str().unwrap() {
+                signer = Some(s);
+            }
+        }
+    }
+    let signer = signer.unwrap();
+    let forge = |claims: &serde_json::Value| {
+        let input = format!(
+            "{}.{}",
+            B64.encode(serde_json::to_vec(&header).unwrap()),
+            B64.encode(serde_json::to_vec(claims).unwrap())
+        );
+        format!(
+            "{input}.{}",
+            B64.encode(signer.sign(input.as_bytes()).unwrap())
+        )
+    };
+    // Control: a re-signed copy of the real SVID is accepted.
+    f.secrets
+        .login_jwt("agents", &forge(&claims))
+        .await
+        .unwrap();
+    let now = keyless_store::now_millis() / 1000;
+    let mut expired = claims.clone();
+    expired["iat"] = json!(now - 7200);
+    expired["exp"] = json!(now - 3600);
+    let e = invalid(
+        f.secrets
+            .login_jwt("agents", &forge(&expired))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        e.starts_with("error validating token: ") && e.contains("expired"),
+        "{e}"
+    );
+    let mut early = claims.clone();
+    early["nbf"] = json!(now + 3600);
+    let e = invalid(
+        f.secrets
+            .login_jwt("agents", &forge(&early))
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("not yet valid"), "{e}");
+    // Only the control login issued a token.
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM secrets_tokens")
+        .fetch_one(f.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
