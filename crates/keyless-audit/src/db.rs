@@ -64,13 +64,25 @@ pub(crate) async fn insert_jtis(
     tx: &mut Transaction<'static, Any>,
     rows: &[(&str, &str, u64)],
 ) -> Result<(), AuditError> {
-    for (jti, kind, idx) in rows {
-        sqlx::query("INSERT INTO audit_jtis (jti, kind, idx) VALUES ($1, $2, $3)")
-            .bind(*jti)
-            .bind(*kind)
-            .bind(to_i64(*idx)?)
-            .execute(&mut **tx)
-            .await?;
+    let mut done = 0usize;
+    while done < rows.len() {
+        let left = rows.len() - done;
+        let n = INSERT_CHUNKS.into_iter().find(|c| *c <= left).unwrap_or(1);
+        let mut sql = String::from("INSERT INTO audit_jtis (jti, kind, idx) VALUES ");
+        for i in 0..n {
+            let p = i * 3;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${},${},${})", p + 1, p + 2, p + 3));
+        }
+        // Only placeholders are interpolated, never data.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (jti, kind, idx) in rows.iter().skip(done).take(n) {
+            q = q.bind(*jti).bind(*kind).bind(to_i64(*idx)?);
+        }
+        q.execute(&mut **tx).await?;
+        done += n;
     }
     Ok(())
 }
