@@ -1123,6 +1123,26 @@ async fn wrap_lookup(State(s): S, method: Method, headers: HeaderMap, body: Byte
     }
 }
 
+/// Runs `f` to completion even if the client goes away: an engine that
+/// creates a credential and then records its lease must never be dropped
+/// between the two (a dropped handler would leave a credential without a
+/// lease, alive until its own expiry).
+async fn detached<T, F, Fut>(
+    s: &Arc<Secrets>,
+    info: &TokenInfo,
+    arg: String,
+    f: F,
+) -> Result<T, SecretsError>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Secrets>, TokenInfo, String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SecretsError>> + Send + 'static,
+{
+    tokio::spawn(f(s.clone(), info.clone(), arg))
+        .await
+        .map_err(|e| SecretsError::Database(format!("credential task failed: {e}")))?
+}
+
 // === handlers: database ===
 
 async fn db_creds(State(s): S, Path(role): Path<String>, headers: HeaderMap) -> Response {
@@ -1131,7 +1151,11 @@ async fn db_creds(State(s): S, Path(role): Path<String>, headers: HeaderMap) -> 
         let info = s
             .authorize(token_of(&headers), &acl_path, &[Capability::Read])
             .await?;
-        let (lease, username, password) = s.issue_db_creds(&info, &role).await?;
+        let (lease, username, password) =
+            detached(&s, &info, role.clone(), |s, info, role| async move {
+                s.issue_db_creds(&info, &role).await
+            })
+            .await?;
         Ok::<_, SecretsError>((info, lease, username, password))
     };
     match run.await {
@@ -1454,7 +1478,10 @@ async fn rotating_creds(State(s): S, Path(name): Path<String>, headers: HeaderMa
         let info = s
             .authorize(token_of(&headers), &acl_path, &[Capability::Read])
             .await?;
-        let rotated = s.read_rotating(&info, &name).await?;
+        let rotated = detached(&s, &info, name.clone(), |s, info, name| async move {
+            s.read_rotating(&info, &name).await
+        })
+        .await?;
         Ok::<_, SecretsError>((info, rotated))
     };
     match run.await {

@@ -35,6 +35,23 @@ pub const ENGINE_DATABASE: &str = "database";
 const BATCH: i64 = 500;
 /// Engine calls in flight at once during a mass revocation.
 const CONCURRENCY: usize = 16;
+/// How long a revoker's claim on a lease lasts if it dies holding it.
+const CLAIM_MS: i64 = 120_000;
+/// How long a revoke waits for another revoker's outcome.
+const AWAIT_STEPS: u32 = 200;
+const AWAIT_STEP: Duration = Duration::from_millis(50);
+
+/// A claim mark: when the claim expires, plus a random offset of up to a
+/// minute so that two claims made in the same millisecond (almost surely)
+/// differ and each revoker reads back only its own rows.
+fn claim_mark(now: i64) -> i64 {
+    let mut b = [0u8; 4];
+    let jitter = match aws_lc_rs::rand::fill(&mut b) {
+        Ok(()) => i64::from(u32::from_le_bytes(b) % 60_000),
+        Err(_) => 0,
+    };
+    now.saturating_add(CLAIM_MS).saturating_add(jitter)
+}
 
 /// What an engine does when one of its leases is renewed or revoked. One
 /// attempt per call: the lease manager owns retries.
@@ -340,14 +357,24 @@ impl Secrets {
     /// failure the lease stays queued (retried with backoff) and the error
     /// says so.
     pub async fn revoke_lease(&self, lease_id: &str) -> Result<(), SecretsError> {
+        let now = now_millis();
+        let claim = claim_mark(now);
         let marked = sqlx::query(
-            "UPDATE secrets_leases SET revoking = 1, next_attempt_at = 0 WHERE lease_id = $1",
+            "UPDATE secrets_leases SET revoking = 1, claimed_until = $1 \
+             WHERE lease_id = $2 AND claimed_until <= $3",
         )
+        .bind(claim)
         .bind(lease_id)
+        .bind(now)
         .execute(self.store.pool())
         .await?;
         if marked.rows_affected() == 0 {
-            return Err(SecretsError::InvalidRequest("invalid lease".into()));
+            if self.lease(lease_id).await?.is_none() {
+                return Err(SecretsError::InvalidRequest("invalid lease".into()));
+            }
+            // Another revoker (the expiry worker, a revoke-prefix, a
+            // replica) holds it: wait for its outcome.
+            return self.await_revoked(&[lease_id.to_owned()]).await;
         }
         let Some(lease) = self.lease(lease_id).await? else {
             // Another replica finished it meanwhile.
@@ -362,6 +389,32 @@ impl Secrets {
         }
     }
 
+    /// Waits (bounded) until the leases `ids`, held by another revoker,
+    /// are gone (revoked) or have failed (rescheduled with an error).
+    async fn await_revoked(&self, ids: &[String]) -> Result<(), SecretsError> {
+        for _ in 0..AWAIT_STEPS {
+            let mut pending = false;
+            for id in ids {
+                if let Some(l) = self.lease(id).await? {
+                    if l.attempts > 0 {
+                        return Err(SecretsError::RevocationFailed(format!(
+                            "revocation of lease `{id}` failed; it stays queued and is retried until it succeeds"
+                        )));
+                    }
+                    pending = true;
+                }
+            }
+            if !pending {
+                return Ok(());
+            }
+            tokio::time::sleep(AWAIT_STEP).await;
+        }
+        Err(SecretsError::RevocationFailed(
+            "another revoker is still working on these leases; they stay queued until revoked"
+                .into(),
+        ))
+    }
+
     /// Revokes every lease whose id starts with `prefix`. Returns how many
     /// were revoked; failures stay queued and make this an error.
     pub async fn revoke_prefix(&self, prefix: &str) -> Result<u64, SecretsError> {
@@ -371,10 +424,18 @@ impl Secrets {
             ));
         }
         let pattern = like_prefix(prefix);
+        let now = now_millis();
+        let claim = claim_mark(now);
+        // Leases another revoker holds right now are left to it (and
+        // awaited below): two revokers of one credential would race in the
+        // engine (e.g. two sessions dropping one PostgreSQL role).
         let marked = sqlx::query(
-            "UPDATE secrets_leases SET revoking = 1, next_attempt_at = 0 WHERE lease_id LIKE $1 ESCAPE '\\'",
+            "UPDATE secrets_leases SET revoking = 1, claimed_until = $1 \
+             WHERE lease_id LIKE $2 ESCAPE '\\' AND claimed_until <= $3",
         )
+        .bind(claim)
         .bind(&pattern)
+        .bind(now)
         .execute(self.store.pool())
         .await?;
         let mut revoked = 0u64;
@@ -382,11 +443,11 @@ impl Secrets {
         let mut seen = std::collections::HashSet::new();
         loop {
             let sql = format!(
-                "SELECT {LEASE_COLUMNS} FROM secrets_leases WHERE lease_id LIKE $1 ESCAPE '\\' AND revoking = 1 AND next_attempt_at <= $2 ORDER BY lease_id LIMIT {BATCH}"
+                "SELECT {LEASE_COLUMNS} FROM secrets_leases WHERE lease_id LIKE $1 ESCAPE '\\' AND claimed_until = $2 ORDER BY lease_id LIMIT {BATCH}"
             );
             let rows: Vec<LeaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(&pattern)
-                .bind(now_millis())
+                .bind(claim)
                 .fetch_all(self.store.pool())
                 .await?;
             let batch: Vec<Lease> = rows
@@ -401,6 +462,25 @@ impl Secrets {
             let failures = self.revoke_batch(batch).await?;
             failed += failures.len() as u64;
             revoked += n - failures.len() as u64;
+        }
+        // What other revokers held when we started: wait for their outcome.
+        let others: Vec<String> = sqlx::query_as::<_, (String,)>(
+            "SELECT lease_id FROM secrets_leases WHERE lease_id LIKE $1 ESCAPE '\\' AND claimed_until > $2 AND claimed_until <> $3",
+        )
+        .bind(&pattern)
+        .bind(now_millis())
+        .bind(claim)
+        .fetch_all(self.store.pool())
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .filter(|id| !seen.contains(id))
+        .collect();
+        if !others.is_empty() {
+            match self.await_revoked(&others).await {
+                Ok(()) => revoked += others.len() as u64,
+                Err(_) => failed += 1,
+            }
         }
         tracing::info!(
             prefix,
@@ -486,7 +566,7 @@ impl Secrets {
             let attempts = l.attempts.saturating_add(1);
             let backoff = self.backoff(attempts);
             sqlx::query(
-                "UPDATE secrets_leases SET attempts = $1, next_attempt_at = $2, last_error = $3 WHERE lease_id = $4",
+                "UPDATE secrets_leases SET attempts = $1, next_attempt_at = $2, last_error = $3, claimed_until = 0 WHERE lease_id = $4",
             )
             .bind(attempts)
             .bind(now.saturating_add(duration_ms(backoff)))
@@ -544,11 +624,27 @@ impl Secrets {
         let mut revoked = 0u64;
         let mut seen = std::collections::HashSet::new();
         loop {
+            // Claim a batch in one statement (the outer condition is
+            // re-checked on the row, so two replicas never both claim a
+            // lease), then read what this claim holds.
+            let claim = claim_mark(now);
             let sql = format!(
-                "SELECT {LEASE_COLUMNS} FROM secrets_leases WHERE revoking = 1 AND next_attempt_at <= $1 ORDER BY next_attempt_at, lease_id LIMIT {BATCH}"
+                "UPDATE secrets_leases SET claimed_until = $1 \
+                 WHERE revoking = 1 AND next_attempt_at <= $2 AND claimed_until <= $2 \
+                 AND lease_id IN (SELECT lease_id FROM secrets_leases \
+                 WHERE revoking = 1 AND next_attempt_at <= $2 AND claimed_until <= $2 \
+                 ORDER BY next_attempt_at, lease_id LIMIT {BATCH})"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(claim)
+                .bind(now)
+                .execute(self.store.pool())
+                .await?;
+            let sql = format!(
+                "SELECT {LEASE_COLUMNS} FROM secrets_leases WHERE claimed_until = $1 ORDER BY lease_id"
             );
             let rows: Vec<LeaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(now)
+                .bind(claim)
                 .fetch_all(self.store.pool())
                 .await?;
             let batch: Vec<Lease> = rows

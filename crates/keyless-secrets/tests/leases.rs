@@ -335,3 +335,47 @@ async fn the_whole_lifecycle_works_on_postgresql() {
     f.secrets.revoke_token(&token).await.unwrap();
     assert!(f.secrets.resolve_token(Some(&token.token)).await.is_err());
 }
+
+/// Regression: a revoke-prefix running while the expiry worker revokes the
+/// same (expired) leases must not revoke any credential twice — two
+/// revokers of one PostgreSQL role raced ("tuple concurrently updated",
+/// "role does not exist") and the call answered 500. Each lease is now
+/// claimed by exactly one revoker.
+#[tokio::test]
+async fn revoke_prefix_and_the_expiry_worker_never_revoke_a_lease_twice() {
+    let mut config = test_config();
+    config.max_leases_per_identity = 5000;
+    let f = open_with(config).await;
+    let engine = f.fake_engine();
+    let now = keyless_store::now_millis();
+    let mut tx = f.store.pool().begin().await.unwrap();
+    for i in 0..600 {
+        // Already expired: the worker wants them too.
+        sqlx::query(
+            "INSERT INTO secrets_leases (lease_id, engine, internal, identity, token_accessor, issued_at, ttl_ms, expires_at, max_expires_at, renewable, revoking, attempts, next_attempt_at, last_error) \
+             VALUES ($1, 'fake', $2, $3, '', $4, 1000, $4, $4, 1, 0, 0, 0, '')",
+        )
+        .bind(format!("fake/creds/role/{i:04}"))
+        .bind(format!("{{\"n\":{i}}}"))
+        .bind(AGENT)
+        .bind(now - 1000)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let (a, b) = (f.secrets.clone(), f.secrets.clone());
+    let worker = tokio::spawn(async move { a.process_due_revocations().await });
+    let prefix = tokio::spawn(async move { b.revoke_prefix("fake/creds/").await });
+    let worker = worker.await.unwrap().unwrap();
+    let prefix = prefix.await.unwrap().unwrap();
+    let revoked = engine.revoked.lock().unwrap().clone();
+    let distinct: std::collections::BTreeSet<_> = revoked.iter().map(|v| v.to_string()).collect();
+    assert_eq!(
+        revoked.len(),
+        distinct.len(),
+        "a lease was revoked twice (worker {worker}, prefix {prefix})"
+    );
+    assert_eq!(distinct.len(), 600);
+    assert_eq!(lease_count(&f).await, 0);
+}

@@ -58,7 +58,11 @@ CREATE TABLE secrets_leases (
     revoking BIGINT NOT NULL,
     attempts BIGINT NOT NULL,
     next_attempt_at BIGINT NOT NULL,
-    last_error TEXT NOT NULL
+    last_error TEXT NOT NULL,
+    -- Until when one revoker (a request, revoke-prefix, the expiry worker,
+    -- a replica) holds the lease: two revokers of one credential would
+    -- race in the engine. 0 = free; a dead holder's claim simply expires.
+    claimed_until BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX secrets_leases_expires ON secrets_leases (expires_at);
 CREATE INDEX secrets_leases_identity ON secrets_leases (identity);
