@@ -15,8 +15,13 @@
 //! - The expiry worker ([`Secrets::spawn_expiry_worker`]) marks every expired
 //!   lease and every lease of an expired token in one statement each, then
 //!   revokes what is due; its first pass at start-up revokes what expired
-//!   while Keyless was down. Engine revocations are idempotent, so two
-//!   replicas racing on one lease do no harm.
+//!   while Keyless was down.
+//! - One revoker per lease: a revoke, a revoke-prefix or a worker pass first
+//!   claims its leases (`claimed_until`, in one statement whose condition
+//!   is re-checked per row, so two replicas never both claim one) and
+//!   works only on what its own claim holds; a lease held by another is
+//!   awaited, not revoked twice (PostgreSQL role revocation is not safe to
+//!   run twice at once). A dead holder's claim expires after two minutes.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -48,10 +48,9 @@
 //!   (`auth/token/lookup-accessor`, …); `sys/capabilities-self`; the
 //!   Vault HTTP paths for database configuration (`database/config`,
 //!   `database/roles`: operators use `keyless secrets db …`).
-//! - Revocations on several replicas are not claimed per lease (engine
-//!   revocations are idempotent, so a race only repeats work); the lease
-//!   quota check and the insert are not one transaction (concurrent issues
-//!   may overshoot the quota by the number of racing requests).
+//! - The lease quota check and the insert are not one transaction
+//!   (concurrent issues may overshoot the quota by the number of racing
+//!   requests).
 //! - OpenBao backend: KV metadata, list, delete/undelete/destroy are not
 //!   forwarded (400 in openbao mode); no TLS to OpenBao yet (http only).
 
