@@ -373,36 +373,20 @@ impl Secrets {
     }
 
     pub async fn role(&self, name: &str) -> Result<Option<JwtRole>, SecretsError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT config FROM secrets_jwt_roles WHERE name = $1")
-                .bind(name)
-                .fetch_optional(self.store.pool())
-                .await?;
-        row.map(|(c,)| {
-            serde_json::from_str(&c)
-                .map_err(|e| SecretsError::InvalidRequest(format!("stored role `{name}`: {e}")))
-        })
-        .transpose()
+        stored_role(
+            self,
+            "SELECT config FROM secrets_jwt_roles WHERE name = $1",
+            name,
+        )
+        .await
     }
 
     pub async fn list_roles(&self) -> Result<Vec<String>, SecretsError> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT name FROM secrets_jwt_roles ORDER BY name")
-                .fetch_all(self.store.pool())
-                .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        role_names(self, "SELECT name FROM secrets_jwt_roles ORDER BY name").await
     }
 
     pub async fn delete_role(&self, name: &str) -> Result<(), SecretsError> {
-        let done = sqlx::query("DELETE FROM secrets_jwt_roles WHERE name = $1")
-            .bind(name)
-            .execute(self.store.pool())
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(SecretsError::NotFound(format!(
-                "role \"{name}\" could not be found"
-            )));
-        }
+        delete_stored_role(self, "DELETE FROM secrets_jwt_roles WHERE name = $1", name).await?;
         self.record(Event::new(kinds::ROLE_DELETED, Outcome::Success).detail("role", name))
             .await
     }
@@ -874,36 +858,20 @@ impl Secrets {
     }
 
     pub async fn cert_role(&self, name: &str) -> Result<Option<CertRole>, SecretsError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT config FROM secrets_cert_roles WHERE name = $1")
-                .bind(name)
-                .fetch_optional(self.store.pool())
-                .await?;
-        row.map(|(c,)| {
-            serde_json::from_str(&c)
-                .map_err(|e| SecretsError::InvalidRequest(format!("stored role `{name}`: {e}")))
-        })
-        .transpose()
+        stored_role(
+            self,
+            "SELECT config FROM secrets_cert_roles WHERE name = $1",
+            name,
+        )
+        .await
     }
 
     pub async fn list_cert_roles(&self) -> Result<Vec<String>, SecretsError> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT name FROM secrets_cert_roles ORDER BY name")
-                .fetch_all(self.store.pool())
-                .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        role_names(self, "SELECT name FROM secrets_cert_roles ORDER BY name").await
     }
 
     pub async fn delete_cert_role(&self, name: &str) -> Result<(), SecretsError> {
-        let done = sqlx::query("DELETE FROM secrets_cert_roles WHERE name = $1")
-            .bind(name)
-            .execute(self.store.pool())
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(SecretsError::NotFound(format!(
-                "role \"{name}\" could not be found"
-            )));
-        }
+        delete_stored_role(self, "DELETE FROM secrets_cert_roles WHERE name = $1", name).await?;
         self.record(
             Event::new(kinds::ROLE_DELETED, Outcome::Success)
                 .detail("auth", "cert")
@@ -1017,6 +985,43 @@ fn unverified_sub(jwt: &str) -> Option<String> {
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     let sub = v.get("sub")?.as_str()?;
     Some(sub.chars().take(256).collect())
+}
+
+// --- role storage shared by JWT and cert roles (a JSON config per name) ---
+
+async fn stored_role<T: serde::de::DeserializeOwned>(
+    s: &Secrets,
+    sql: &'static str,
+    name: &str,
+) -> Result<Option<T>, SecretsError> {
+    let row: Option<(String,)> = sqlx::query_as(sql)
+        .bind(name)
+        .fetch_optional(s.store.pool())
+        .await?;
+    row.map(|(c,)| {
+        serde_json::from_str(&c)
+            .map_err(|e| SecretsError::InvalidRequest(format!("stored role `{name}`: {e}")))
+    })
+    .transpose()
+}
+
+async fn role_names(s: &Secrets, sql: &'static str) -> Result<Vec<String>, SecretsError> {
+    let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(s.store.pool()).await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+async fn delete_stored_role(
+    s: &Secrets,
+    sql: &'static str,
+    name: &str,
+) -> Result<(), SecretsError> {
+    let done = sqlx::query(sql).bind(name).execute(s.store.pool()).await?;
+    if done.rows_affected() == 0 {
+        return Err(SecretsError::NotFound(format!(
+            "role \"{name}\" could not be found"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
