@@ -16,98 +16,15 @@
 mod common;
 mod mtls_client;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{Fabric, TRUST_DOMAIN, keyless_bin, own_uid_selector};
+use common::{Fabric, MtlsFabric, TRUST_DOMAIN, keyless_bin, own_uid_selector};
 use serde_json::Value;
 use spiffe::{TrustDomain, WorkloadApiClient};
 
 const SPIFFE_ID: &str = "spiffe://example.org/test/mtls";
-const READY: Duration = Duration::from_secs(30);
-
-/// `keyless up` with an mTLS listener on a free port; killed on drop.
-struct MtlsFabric {
-    child: Child,
-    dir: tempfile::TempDir,
-    stdout: Vec<String>,
-    mtls: SocketAddr,
-}
-
-impl MtlsFabric {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(keyless_bin())
-            .args(["up", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--mtls-listen", "127.0.0.1:0"])
-            .args(["--trust-domain", TRUST_DOMAIN])
-            .env_remove("SPIFFE_ENDPOINT_SOCKET")
-            .env_remove("KEYLESS_MTLS_LISTEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut stdout = Vec::new();
-        let deadline = Instant::now() + READY;
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    let ready = line.trim() == "ready";
-                    stdout.push(line);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let stderr =
-                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                    panic!("no `ready` ({e}):\n{}\n{stderr}", stdout.join("\n"));
-                }
-            }
-        }
-        let mtls = stdout
-            .iter()
-            .find_map(|l| l.trim().strip_prefix("mTLS:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|url| url.strip_prefix("https://"))
-            .unwrap_or_else(|| panic!("no mTLS line in:\n{}", stdout.join("\n")))
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            dir,
-            stdout,
-            mtls,
-        }
-    }
-
-    fn data_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
-    }
-}
-
-impl Drop for MtlsFabric {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn a_workload_connects_with_its_x509_svid() {

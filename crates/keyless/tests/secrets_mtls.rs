@@ -15,14 +15,12 @@
 mod common;
 mod mtls_client;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use common::{TRUST_DOMAIN, keyless_bin, own_uid_selector};
+use common::{MtlsFabric, TRUST_DOMAIN, own_uid_selector};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
@@ -30,105 +28,10 @@ use spiffe::{TrustDomain, WorkloadApiClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SPIFFE_ID: &str = "spiffe://example.org/test/cert-login";
-const READY: Duration = Duration::from_secs(30);
 const HOOK: &str = r#"#!/bin/sh
 IFS= read -r secret || true
 printf '%s %s\n' "$KEYLESS_ROTATING_REASON" "$secret" >> "$1"
 "#;
-
-/// `keyless up` with an mTLS listener on a free port; killed on drop.
-struct MtlsFabric {
-    child: Child,
-    dir: tempfile::TempDir,
-    stdout: Vec<String>,
-    mtls: SocketAddr,
-}
-
-impl MtlsFabric {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(keyless_bin())
-            .args(["up", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--mtls-listen", "127.0.0.1:0"])
-            .args(["--trust-domain", TRUST_DOMAIN])
-            .env_remove("SPIFFE_ENDPOINT_SOCKET")
-            .env_remove("KEYLESS_MTLS_LISTEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut stdout = Vec::new();
-        let deadline = Instant::now() + READY;
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    let ready = line.trim() == "ready";
-                    stdout.push(line);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let stderr =
-                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                    panic!("no `ready` ({e}):\n{}\n{stderr}", stdout.join("\n"));
-                }
-            }
-        }
-        let mtls = stdout
-            .iter()
-            .find_map(|l| l.trim().strip_prefix("mTLS:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|url| url.strip_prefix("https://"))
-            .unwrap_or_else(|| panic!("no mTLS line in:\n{}", stdout.join("\n")))
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            dir,
-            stdout,
-            mtls,
-        }
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn cli(&self, args: &[&str]) {
-        let out = Command::new(keyless_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "keyless {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for MtlsFabric {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One HTTP/1.1 request over a fresh TLS connection: (status, JSON body).
 async fn request(

@@ -14,6 +14,7 @@
 )]
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -234,5 +235,101 @@ fn run_bounded(cmd: &mut Command) -> Output {
         status,
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+const MTLS_READY: Duration = Duration::from_secs(30);
+
+/// `keyless up` with an mTLS listener on a free port; killed on drop.
+pub struct MtlsFabric {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub stdout: Vec<String>,
+    pub mtls: SocketAddr,
+}
+
+impl MtlsFabric {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut child = Command::new(keyless_bin())
+            .args(["up", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--mtls-listen", "127.0.0.1:0"])
+            .args(["--trust-domain", TRUST_DOMAIN])
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .env_remove("KEYLESS_MTLS_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut stdout = Vec::new();
+        let deadline = Instant::now() + MTLS_READY;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let ready = line.trim() == "ready";
+                    stdout.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let stderr =
+                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                    panic!("no `ready` ({e}):\n{}\n{stderr}", stdout.join("\n"));
+                }
+            }
+        }
+        let mtls = stdout
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("mTLS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|url| url.strip_prefix("https://"))
+            .unwrap_or_else(|| panic!("no mTLS line in:\n{}", stdout.join("\n")))
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            dir,
+            stdout,
+            mtls,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cli(&self, args: &[&str]) {
+        let out = Command::new(keyless_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "keyless {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for MtlsFabric {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
