@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use common::{Fabric, MtlsFabric, TRUST_DOMAIN, keyless_bin, own_uid_selector};
 use serde_json::Value;
-use spiffe::{TrustDomain, WorkloadApiClient};
 
 const SPIFFE_ID: &str = "spiffe://example.org/test/mtls";
 
@@ -42,36 +41,7 @@ async fn a_workload_connects_with_its_x509_svid() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let socket = format!(
-        "unix://{}",
-        fabric.data_dir().join("workload.sock").display()
-    );
-    let client = tokio::time::timeout(
-        Duration::from_secs(10),
-        WorkloadApiClient::connect_to(socket),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let ctx = tokio::time::timeout(Duration::from_secs(10), client.fetch_x509_context())
-        .await
-        .unwrap()
-        .unwrap();
-    let svid = ctx.default_svid().unwrap();
-    let roots: Vec<Vec<u8>> = ctx
-        .bundle_set()
-        .get(&TrustDomain::new(TRUST_DOMAIN).unwrap())
-        .unwrap()
-        .authorities()
-        .iter()
-        .map(|c| c.as_bytes().to_vec())
-        .collect();
-    let chain: Vec<Vec<u8>> = svid
-        .cert_chain()
-        .iter()
-        .map(|c| c.as_bytes().to_vec())
-        .collect();
-    let key = svid.private_key().as_bytes().to_vec();
+    let (roots, chain, key) = fabric.workload_x509().await;
 
     let with_svid = mtls_client::config(&roots, Some((chain, key)));
     let a = mtls_client::get(fabric.mtls, with_svid.clone(), "/healthz")

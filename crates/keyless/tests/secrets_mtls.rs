@@ -20,11 +20,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{MtlsFabric, TRUST_DOMAIN, own_uid_selector};
+use common::{MtlsFabric, own_uid_selector};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
-use spiffe::{TrustDomain, WorkloadApiClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SPIFFE_ID: &str = "spiffe://example.org/test/cert-login";
@@ -136,36 +135,7 @@ async fn cert_login_over_mtls_then_a_rotating_read() {
         "1m",
     ]);
 
-    let socket = format!(
-        "unix://{}",
-        fabric.data_dir().join("workload.sock").display()
-    );
-    let client = tokio::time::timeout(
-        Duration::from_secs(10),
-        WorkloadApiClient::connect_to(socket),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let ctx = tokio::time::timeout(Duration::from_secs(10), client.fetch_x509_context())
-        .await
-        .unwrap()
-        .unwrap();
-    let svid = ctx.default_svid().unwrap();
-    let roots: Vec<Vec<u8>> = ctx
-        .bundle_set()
-        .get(&TrustDomain::new(TRUST_DOMAIN).unwrap())
-        .unwrap()
-        .authorities()
-        .iter()
-        .map(|c| c.as_bytes().to_vec())
-        .collect();
-    let chain: Vec<Vec<u8>> = svid
-        .cert_chain()
-        .iter()
-        .map(|c| c.as_bytes().to_vec())
-        .collect();
-    let key = svid.private_key().as_bytes().to_vec();
+    let (roots, chain, key) = fabric.workload_x509().await;
     let with_svid = mtls_client::config(&roots, Some((chain, key)));
     let without = mtls_client::config(&roots, None);
 

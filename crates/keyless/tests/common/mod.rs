@@ -312,6 +312,38 @@ impl MtlsFabric {
         self.dir.path().join("data")
     }
 
+    /// The caller's X509-SVID from the Workload API (rust-spiffe): the
+    /// trust domain's roots, the SVID chain and its private key, all DER.
+    pub async fn workload_x509(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<u8>) {
+        let socket = format!("unix://{}", self.data_dir().join("workload.sock").display());
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            spiffe::WorkloadApiClient::connect_to(socket),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let ctx = tokio::time::timeout(Duration::from_secs(10), client.fetch_x509_context())
+            .await
+            .unwrap()
+            .unwrap();
+        let svid = ctx.default_svid().unwrap();
+        let roots = ctx
+            .bundle_set()
+            .get(&spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap())
+            .unwrap()
+            .authorities()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        let chain = svid
+            .cert_chain()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        (roots, chain, svid.private_key().as_bytes().to_vec())
+    }
+
     pub fn cli(&self, args: &[&str]) {
         let out = Command::new(keyless_bin())
             .args(args)
