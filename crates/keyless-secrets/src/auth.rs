@@ -344,23 +344,26 @@ type TokenRow = (
 impl Secrets {
     // --- roles ---
 
+    /// A role's max TTL defaults to, and never exceeds, the broker's; its
+    /// TTL never exceeds its max TTL.
+    fn cap_role_ttls(&self, ttl: &mut u64, max_ttl: &mut u64) {
+        let broker_max = self.config.max_token_ttl.as_secs();
+        if *max_ttl == 0 || *max_ttl > broker_max {
+            *max_ttl = broker_max;
+        }
+        *ttl = (*ttl).min(*max_ttl);
+    }
+
     pub async fn write_role(&self, mut role: JwtRole) -> Result<JwtRole, SecretsError> {
         role.validate()?;
-        if role.token_max_ttl == 0 || role.token_max_ttl > self.config.max_token_ttl.as_secs() {
-            role.token_max_ttl = self.config.max_token_ttl.as_secs();
-        }
-        role.token_ttl = role.token_ttl.min(role.token_max_ttl);
-        let config = serde_json::to_string(&role)
-            .map_err(|e| SecretsError::InvalidRequest(format!("role: {e}")))?;
-        let now = now_millis();
-        sqlx::query(
+        self.cap_role_ttls(&mut role.token_ttl, &mut role.token_max_ttl);
+        store_role(
+            self,
             "INSERT INTO secrets_jwt_roles (name, config, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET config = $2, updated_at = $3",
+            &role.name,
+            &role,
         )
-        .bind(&role.name)
-        .bind(&config)
-        .bind(now)
-        .execute(self.store.pool())
         .await?;
         self.record(
             Event::new(kinds::ROLE_WRITTEN, Outcome::Success)
@@ -831,20 +834,14 @@ impl Secrets {
 
     pub async fn write_cert_role(&self, mut role: CertRole) -> Result<CertRole, SecretsError> {
         role.validate()?;
-        if role.token_max_ttl == 0 || role.token_max_ttl > self.config.max_token_ttl.as_secs() {
-            role.token_max_ttl = self.config.max_token_ttl.as_secs();
-        }
-        role.token_ttl = role.token_ttl.min(role.token_max_ttl);
-        let config = serde_json::to_string(&role)
-            .map_err(|e| SecretsError::InvalidRequest(format!("role: {e}")))?;
-        sqlx::query(
+        self.cap_role_ttls(&mut role.token_ttl, &mut role.token_max_ttl);
+        store_role(
+            self,
             "INSERT INTO secrets_cert_roles (name, config, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET config = $2, updated_at = $3",
+            &role.name,
+            &role,
         )
-        .bind(&role.name)
-        .bind(&config)
-        .bind(now_millis())
-        .execute(self.store.pool())
         .await?;
         self.record(
             Event::new(kinds::ROLE_WRITTEN, Outcome::Success)
@@ -1003,6 +1000,23 @@ async fn stored_role<T: serde::de::DeserializeOwned>(
             .map_err(|e| SecretsError::InvalidRequest(format!("stored role `{name}`: {e}")))
     })
     .transpose()
+}
+
+async fn store_role<T: Serialize>(
+    s: &Secrets,
+    sql: &'static str,
+    name: &str,
+    role: &T,
+) -> Result<(), SecretsError> {
+    let config = serde_json::to_string(role)
+        .map_err(|e| SecretsError::InvalidRequest(format!("role: {e}")))?;
+    sqlx::query(sql)
+        .bind(name)
+        .bind(config)
+        .bind(now_millis())
+        .execute(s.store.pool())
+        .await?;
+    Ok(())
 }
 
 async fn role_names(s: &Secrets, sql: &'static str) -> Result<Vec<String>, SecretsError> {
