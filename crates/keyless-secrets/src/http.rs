@@ -1262,6 +1262,60 @@ async fn policy_rw(
     }
 }
 
+/// A Vault `LIST` of names under `acl_path` (404 when there are none).
+async fn list_response<F, Fut>(
+    s: &Arc<Secrets>,
+    headers: &HeaderMap,
+    acl_path: &str,
+    names: F,
+) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<String>, SecretsError>>,
+{
+    let run = async {
+        let info = s
+            .authorize(token_of(headers), acl_path, &[Capability::List])
+            .await?;
+        Ok::<_, SecretsError>((info, names().await?))
+    };
+    match run.await {
+        Ok((_, keys)) if keys.is_empty() => error_response(SecretsError::NotFound(String::new())),
+        Ok((info, keys)) => {
+            let env = Envelope::data(json!({ "keys": keys }));
+            finish(s, headers, &info.identity, acl_path, env).await
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+/// A Vault read of one stored object at `acl_path`, after the ACL check.
+async fn read_response<T, F, Fut>(
+    s: &Arc<Secrets>,
+    headers: &HeaderMap,
+    acl_path: &str,
+    read: F,
+) -> Response
+where
+    T: serde::Serialize,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SecretsError>>,
+{
+    let run = async {
+        let info = s
+            .authorize(token_of(headers), acl_path, &[Capability::Read])
+            .await?;
+        Ok::<_, SecretsError>((info, read().await?))
+    };
+    match run.await {
+        Ok((info, value)) => {
+            let env = Envelope::data(serde_json::to_value(&value).unwrap_or(Value::Null));
+            finish(s, headers, &info.identity, acl_path, env).await
+        }
+        Err(e) => error_response(e),
+    }
+}
+
 async fn role_list(
     State(s): S,
     method: Method,
@@ -1271,20 +1325,7 @@ async fn role_list(
     if !is_list(&method, &q) {
         return unsupported();
     }
-    let run = async {
-        let info = s
-            .authorize(token_of(&headers), "auth/jwt/role/", &[Capability::List])
-            .await?;
-        Ok::<_, SecretsError>((info, s.list_roles().await?))
-    };
-    match run.await {
-        Ok((_, keys)) if keys.is_empty() => error_response(SecretsError::NotFound(String::new())),
-        Ok((info, keys)) => {
-            let env = Envelope::data(json!({ "keys": keys }));
-            finish(&s, &headers, &info.identity, "auth/jwt/role/", env).await
-        }
-        Err(e) => error_response(e),
-    }
+    list_response(&s, &headers, "auth/jwt/role/", || s.list_roles()).await
 }
 
 async fn role_rw(
@@ -1298,21 +1339,12 @@ async fn role_rw(
     let token = token_of(&headers);
     match method {
         Method::GET => {
-            let run = async {
-                let info = s.authorize(token, &acl_path, &[Capability::Read]).await?;
-                let role = s
-                    .role(&name)
+            read_response(&s, &headers, &acl_path, || async {
+                s.role(&name)
                     .await?
-                    .ok_or_else(|| SecretsError::NotFound(name.clone()))?;
-                Ok::<_, SecretsError>((info, role))
-            };
-            match run.await {
-                Ok((info, role)) => {
-                    let env = Envelope::data(serde_json::to_value(&role).unwrap_or(Value::Null));
-                    finish(&s, &headers, &info.identity, &acl_path, env).await
-                }
-                Err(e) => error_response(e),
-            }
+                    .ok_or_else(|| SecretsError::NotFound(name.clone()))
+            })
+            .await
         }
         Method::POST | Method::PUT => {
             let run = async {
@@ -1396,20 +1428,7 @@ async fn cert_role_list(
     if !is_list(&method, &q) {
         return unsupported();
     }
-    let run = async {
-        let info = s
-            .authorize(token_of(&headers), "auth/cert/certs/", &[Capability::List])
-            .await?;
-        Ok::<_, SecretsError>((info, s.list_cert_roles().await?))
-    };
-    match run.await {
-        Ok((_, keys)) if keys.is_empty() => error_response(SecretsError::NotFound(String::new())),
-        Ok((info, keys)) => {
-            let env = Envelope::data(json!({ "keys": keys }));
-            finish(&s, &headers, &info.identity, "auth/cert/certs/", env).await
-        }
-        Err(e) => error_response(e),
-    }
+    list_response(&s, &headers, "auth/cert/certs/", || s.list_cert_roles()).await
 }
 
 async fn cert_role_rw(
@@ -1423,21 +1442,12 @@ async fn cert_role_rw(
     let token = token_of(&headers);
     match method {
         Method::GET => {
-            let run = async {
-                let info = s.authorize(token, &acl_path, &[Capability::Read]).await?;
-                let role = s
-                    .cert_role(&name)
+            read_response(&s, &headers, &acl_path, || async {
+                s.cert_role(&name)
                     .await?
-                    .ok_or_else(|| SecretsError::NotFound(name.clone()))?;
-                Ok::<_, SecretsError>((info, role))
-            };
-            match run.await {
-                Ok((info, role)) => {
-                    let env = Envelope::data(serde_json::to_value(&role).unwrap_or(Value::Null));
-                    finish(&s, &headers, &info.identity, &acl_path, env).await
-                }
-                Err(e) => error_response(e),
-            }
+                    .ok_or_else(|| SecretsError::NotFound(name.clone()))
+            })
+            .await
         }
         Method::POST | Method::PUT => {
             let run = async {
