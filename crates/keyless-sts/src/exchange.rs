@@ -364,7 +364,7 @@ impl Sts {
             )));
         }
 
-        // --- consent: as of the last change (a revocation bites at once) ---
+        // --- consent: read now, never cached ---
         let consents = self.live_consents(&subject.sub, &agent).await?;
         let consented_types: BTreeSet<&str> = consents
             .iter()

@@ -28,8 +28,8 @@
 //!   (not awaited) and every consumption requires it committed
 //!   ([`Sts::consume_token`], delegation): no OBO token is honoured unless
 //!   its issuance is durably in the log.
-//! - Per-call facts without per-call reads (`live.rs`): session liveness,
-//!   token revocation and the user's consents for the agent are cached
+//! - Per-call facts without per-call reads (`live.rs`): session liveness
+//!   and token revocation are cached (consents are read on every exchange)
 //!   under a generation counter that every revocation, logout and consent
 //!   change bumps after it commits (and, on PostgreSQL, announces to the
 //!   other replicas with `pg_notify`; a replica without a working listener
@@ -87,7 +87,7 @@
 //!   authentication (holding the token is the proof).
 //! - A user access token's `may_act` is fixed at issuance: a consent
 //!   granted later appears after the next refresh (a revoked consent bites
-//!   at once: the exchange's consent cache is invalidated by the change).
+//!   at once: the exchange reads consents from the store every time).
 //! - Introspection answers `active: true` for an OBO token whose issuance
 //!   event is still in the audit log's queue (consumption waits for it).
 //! - Confidential clients of the code flow; `private_key_jwt` and DPoP
