@@ -9,92 +9,20 @@ against `/oauth2/jwks`. Then the refusals, through the real server."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import secrets
-import subprocess
-from html import unescape
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
-import pytest
 import requests
-from authlib.integrations.requests_client import OAuth2Session
 
-from conftest import CLI_TIMEOUT, keyless_bin
+from signin import CLIENT_ID, TIMEOUT, add_user, claims, follow_to_callback, hidden, oauth_client
 
-CLIENT_ID = "keyless-console"
 EMAIL = "erin@example.com"
 AGENT = "spiffe://example.org/agent/sts-interop"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 READ_DETAIL = {"type": "directory_read", "actions": ["read", "list"], "limit": 50}
-TIMEOUT = 10
-
-
-def hidden(page: str, name: str) -> str:
-    m = re.search(r'<input type="hidden" name="%s" value="([^"]*)">' % re.escape(name), page)
-    assert m, f"no hidden field {name!r} in:\n{page[:2000]}"
-    return unescape(m.group(1))
-
-
-def add_user(fabric, email: str, password: str) -> str:
-    """`keyless user add EMAIL` with the password on stdin; returns the subject id."""
-    env = dict(os.environ)
-    env.pop("SPIFFE_ENDPOINT_SOCKET", None)
-    done = subprocess.run(
-        [str(keyless_bin()), "user", "add", email, "--data-dir", str(fabric.data_dir)],
-        input=password + "\n",
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    m = re.search(r"subject (\S+)\)", done.stdout)
-    assert m, done.stdout
-    return m.group(1)
-
-
-def oauth_client(fabric, method: str | None = "S256") -> OAuth2Session:
-    return OAuth2Session(
-        CLIENT_ID,
-        redirect_uri=f"{fabric.base_url}/callback",
-        scope="openid email tools",
-        code_challenge_method=method,
-        token_endpoint_auth_method="none",
-    )
-
-
-def follow_to_callback(browser: requests.Session, fabric, url: str, password: str, max_hops: int = 8) -> str:
-    """Follows redirects (signing in at /login on the way) until one points
-    at /callback, which is returned, not fetched."""
-    callback = f"{fabric.base_url}/callback"
-    for _ in range(max_hops):
-        resp = browser.get(url, allow_redirects=False, timeout=TIMEOUT)
-        if resp.status_code == 200 and 'name="password"' in resp.text:
-            assert urlsplit(resp.url).path == "/login", resp.url
-            resp = browser.post(
-                urljoin(resp.url, "/login"),
-                data={
-                    "username": EMAIL,
-                    "password": password,
-                    "csrf": hidden(resp.text, "csrf"),
-                    "return_to": hidden(resp.text, "return_to"),
-                },
-                allow_redirects=False,
-                timeout=TIMEOUT,
-            )
-        assert resp.status_code in (302, 303), f"{resp.status_code} at {resp.url}: {resp.text[:500]}"
-        url = urljoin(resp.url, resp.headers["Location"])
-        if url.startswith(callback + "?"):
-            return url
-    pytest.fail("no redirect to /callback")
-
-
-def claims(token: str) -> dict:
-    return jwt.decode(token, options={"verify_signature": False})
 
 
 def exchange(fabric, subject_token: str, actor: str | None, details, audience: str = "directory", **extra):
@@ -136,7 +64,7 @@ def test_sign_in_consent_and_token_exchange(fabric, own_uid_selector):
     auth_url, state = client.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier)
     assert "code_challenge_method=S256" in auth_url
     browser = requests.Session()
-    callback = follow_to_callback(browser, fabric, auth_url, password)
+    callback = follow_to_callback(browser, fabric, auth_url, EMAIL, password)
     query = parse_qs(urlsplit(callback).query)
     assert query["state"] == [state]
     assert "code" in query

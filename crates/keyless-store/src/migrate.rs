@@ -38,6 +38,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_secrets_database"),
     migration!(8, "0008_secrets_rotating"),
     migration!(9, "0009_audit_jtis"),
+    migration!(10, "0010_gateway"),
 ];
 
 pub(crate) async fn current_version(store: &Store) -> Result<i64, StoreError> {

@@ -28,6 +28,7 @@ pub struct AdminState {
     pub identity: Arc<Identity>,
     pub sts: Arc<Sts>,
     pub secrets: Arc<Secrets>,
+    pub gateway: Arc<keyless_gateway::Gateway>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -36,6 +37,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/entries/{id}", delete(delete_entry))
         .route("/v1/ca/rotate", post(rotate))
         .route("/v1/users", post(add_user))
+        .route("/v1/tools", get(list_tools))
+        .route("/v1/tools/{name}/approve", post(approve_tool))
         .route("/v1/consents", get(list_consents))
         .route("/v1/consents/{id}", delete(revoke_consent))
         .route("/v1/secrets/policies", get(secrets_list_policies))
@@ -172,6 +175,47 @@ async fn add_user(State(s): State<AdminState>, body: axum::body::Bytes) -> Respo
 #[derive(Deserialize)]
 struct ConsentQuery {
     user: Option<String>,
+}
+
+/// A pin as the CLI shows it: flat status and reason, and the tool's tier.
+fn tool_json(gw: &keyless_gateway::Gateway, t: &keyless_gateway::PinnedTool) -> serde_json::Value {
+    let (status, reason) = match &t.status {
+        keyless_gateway::ToolStatus::Approved => ("approved", None),
+        keyless_gateway::ToolStatus::Blocked { reason } => ("blocked", Some(*reason)),
+    };
+    json!({
+        "name": t.name,
+        "server": t.server,
+        "tier": gw.tier(&t.name),
+        "status": status,
+        "reason": reason,
+        "pinned_hash": t.pinned_hash,
+        "seen_hash": t.seen_hash,
+        "definition": t.definition,
+        "first_seen": t.first_seen,
+        "updated_at": t.updated_at,
+        "approved_at": t.approved_at,
+    })
+}
+
+async fn list_tools(State(s): State<AdminState>) -> Response {
+    match s.gateway.catalog().list().await {
+        Ok(list) => Json(
+            list.iter()
+                .map(|t| tool_json(&s.gateway, t))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn approve_tool(State(s): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
+    match s.gateway.catalog().approve(&name).await {
+        Ok(t) => Json(tool_json(&s.gateway, &t)).into_response(),
+        Err(e @ keyless_gateway::CatalogError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 async fn list_consents(State(s): State<AdminState>, Query(q): Query<ConsentQuery>) -> Response {

@@ -53,6 +53,29 @@ pub enum Command {
     /// The Vault-compatible secrets broker: ACL policies, JWT roles, KV, database credentials.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// The MCP gateway's pinned tool definitions.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// List the tools upstreams offer, with their pin status (approved, or
+    /// blocked as new, changed or vanished).
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a tool's current definition (pins its hash and unblocks it).
+    Approve {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// Namespaced tool name, e.g. `directory.list_users`.
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -95,6 +118,10 @@ pub struct UpArgs {
     /// Audience of Keyless's JWT-SVID for OpenBao (default `openbao`).
     #[arg(long, env = config::ENV_OPENBAO_AUDIENCE)]
     pub openbao_audience: Option<String>,
+    /// The MCP gateway's upstreams, tiers and RAR templates (TOML; default:
+    /// the demo tool servers `directory` and `bank`).
+    #[arg(long, env = config::ENV_GATEWAY_CONFIG)]
+    pub gateway_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,7 @@ pub const ENV_SECRETS_BACKEND: &str = "KEYLESS_SECRETS_BACKEND";
 pub const ENV_OPENBAO_ADDR: &str = "KEYLESS_OPENBAO_ADDR";
 pub const ENV_OPENBAO_ROLE: &str = "KEYLESS_OPENBAO_ROLE";
 pub const ENV_OPENBAO_AUDIENCE: &str = "KEYLESS_OPENBAO_AUDIENCE";
+pub const ENV_GATEWAY_CONFIG: &str = "KEYLESS_GATEWAY_CONFIG";
 
 pub const DEFAULT_DATA_DIR: &str = ".keyless";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
@@ -51,6 +52,9 @@ pub struct FileConfig {
     pub sts: StsFileConfig,
     #[serde(default)]
     pub secrets: SecretsFileConfig,
+    /// The MCP gateway's upstreams and tool catalog (TOML, see
+    /// `keyless_gateway::config`); default: the demo tool servers.
+    pub gateway_config: Option<PathBuf>,
 }
 
 /// `[secrets]`: the secrets broker's backend.
@@ -116,6 +120,8 @@ pub struct Config {
     pub openbao_addr: Option<String>,
     pub openbao_role: Option<String>,
     pub openbao_audience: Option<String>,
+    /// `None`: the demo catalog.
+    pub gateway_config: Option<PathBuf>,
 }
 
 /// Parses a duration such as `10s`, `5m`, `1h`; a clear error otherwise.
@@ -195,6 +201,7 @@ impl Config {
                 .openbao_audience
                 .clone()
                 .or(file.secrets.openbao_audience),
+            gateway_config: args.gateway_config.clone().or(file.gateway_config),
         })
     }
 
@@ -288,6 +295,7 @@ mod tests {
             openbao_addr: addr.map(Into::into),
             openbao_role: role.map(Into::into),
             openbao_audience: None,
+            gateway_config: None,
         }
     }
 

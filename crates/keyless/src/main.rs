@@ -10,6 +10,7 @@ mod cli;
 mod cmd;
 mod config;
 mod http;
+mod internal;
 mod pem;
 mod tls;
 mod up;

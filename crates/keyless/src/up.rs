@@ -22,7 +22,10 @@ use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::config::{self, Config};
-use crate::{CliError, CliResult, admin, http};
+use crate::{CliError, CliResult, admin, http, internal};
+
+/// The gateway's client id at the STS.
+const GATEWAY_CLIENT_ID: &str = "keyless-gateway";
 
 pub async fn run(args: UpArgs) -> CliResult {
     init_tracing();
@@ -143,6 +146,23 @@ pub async fn run(args: UpArgs) -> CliResult {
     let _rotation = identity.spawn_rotation();
 
     let mut sts_config = StsConfig::new(public_url.clone());
+    // The demo tool servers consume their tokens as themselves, and the
+    // gateway exchanges for agents as a confidential client.
+    for rs in &mut sts_config.resource_servers {
+        let path = match rs.audience.as_str() {
+            keyless_demo::DIRECTORY_AUDIENCE => internal::DIRECTORY_ID_PATH,
+            keyless_demo::BANK_AUDIENCE => internal::BANK_ID_PATH,
+            _ => continue,
+        };
+        rs.spiffe_id = Some(format!("spiffe://{trust_domain}{path}"));
+        rs.resource_uris
+            .push(format!("{public_url}/demo/{}/mcp", rs.audience));
+    }
+    sts_config.clients.push(keyless_sts::ClientRegistration {
+        client_id: GATEWAY_CLIENT_ID.into(),
+        spiffe_id: format!("spiffe://{trust_domain}{}", internal::GATEWAY_ID_PATH),
+        uri: format!("{public_url}/mcp"),
+    });
     sts_config.mtls_base_url = mtls_listener.as_ref().map(|(_, url)| url.clone());
     // Cedar policies: `<data-dir>/policies` unless configured, seeded with
     // the built-in set on first start so operators have files to edit. An
@@ -211,6 +231,56 @@ pub async fn run(args: UpArgs) -> CliResult {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    // The MCP gateway and, behind it, the demo tool servers.
+    let gateway_config = match &config.gateway_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the gateway config `{}`", path.display()))?;
+            keyless_gateway::GatewayConfig::parse(&text)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?
+        }
+        None => keyless_gateway::GatewayConfig::demo(&public_url)
+            .map_err(|e| anyhow::anyhow!("the demo gateway config: {e}"))?,
+    };
+    let demo_dir = data_dir.join("demo");
+    std::fs::create_dir_all(&demo_dir).context("cannot create the demo dir")?;
+    let demo = |file: &str, path: &str| -> anyhow::Result<keyless_demo::DemoConfig> {
+        Ok(keyless_demo::DemoConfig {
+            issuer: public_url.clone(),
+            database: demo_dir.join(file),
+            svid: Arc::new(internal::InternalSvid::new(identity.clone(), path)?),
+        })
+    };
+    let demo_routes = keyless_demo::directory_router(
+        demo("directory.db", internal::DIRECTORY_ID_PATH)?,
+        "/demo/directory/mcp",
+    )
+    .await
+    .context("cannot start the demo directory server")?
+    .merge(
+        keyless_demo::bank_router(demo("bank.db", internal::BANK_ID_PATH)?, "/demo/bank/mcp")
+            .await
+            .context("cannot start the demo bank server")?,
+    );
+    let gateway_svid = internal::InternalSvid::new(identity.clone(), internal::GATEWAY_ID_PATH)?;
+    let gateway = keyless_gateway::start(keyless_gateway::StartParams {
+        config: gateway_config,
+        base_url: public_url.clone(),
+        store: store.clone(),
+        sts: sts.clone(),
+        identity: identity.clone(),
+        events: audit.clone(),
+        client: keyless_sts::AuthenticatedClient {
+            client_id: GATEWAY_CLIENT_ID.into(),
+            spiffe_id: Some(gateway_svid.spiffe_id()),
+            uri: format!("{public_url}/mcp"),
+        },
+        secrets: Some(secrets.clone()),
+        shutdown: shutdown_rx.clone(),
+    })
+    .await
+    .context("cannot start the mcp gateway")?;
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -241,6 +311,7 @@ pub async fn run(args: UpArgs) -> CliResult {
         identity: identity.clone(),
         sts: sts.clone(),
         secrets: secrets.clone(),
+        gateway: gateway.clone(),
     });
     let admin_task = {
         let stop = shutdown(shutdown_rx.clone());
@@ -257,7 +328,9 @@ pub async fn run(args: UpArgs) -> CliResult {
         sts: sts.clone(),
         secrets: secrets.clone(),
         started,
-    });
+    })
+    .merge(keyless_gateway::http::router(gateway.clone()))
+    .merge(demo_routes);
     let mtls_router = mtls_listener.as_ref().map(|_| router.clone());
     let http_task = {
         let stop = shutdown(shutdown_rx.clone());
@@ -291,6 +364,13 @@ pub async fn run(args: UpArgs) -> CliResult {
     };
 
     wait_for_socket(&workload_socket).await?;
+    let unconnected = gateway
+        .upstreams()
+        .wait_connected(std::time::Duration::from_secs(10))
+        .await;
+    for name in &unconnected {
+        tracing::warn!(upstream = %name, "mcp upstream not connected yet; retrying in the background");
+    }
     let demo_logins = demo_users(&sts).await?;
 
     let abs_socket = std::fs::canonicalize(&workload_socket).unwrap_or(workload_socket.clone());
@@ -300,6 +380,9 @@ pub async fn run(args: UpArgs) -> CliResult {
     println!("  SPIFFE JWT issuer: {public_url}/spiffe");
     println!("  SPIFFE_ENDPOINT_SOCKET=unix://{}", abs_socket.display());
     println!("  secrets (Vault API): VAULT_ADDR={public_url}");
+    println!(
+        "  MCP gateway: {public_url}/mcp (agents: JWT-SVID with this audience; users: X-Keyless-Subject-Token)"
+    );
     println!("  secrets backend: {secrets_backend}");
     if let Some((_, url)) = &mtls_task {
         println!("  mTLS:     {url} (client X509-SVIDs, certificate-bound tokens)");

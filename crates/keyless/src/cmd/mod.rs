@@ -5,6 +5,7 @@ mod entry;
 mod policy;
 mod secrets;
 mod svid;
+mod tools;
 mod user;
 
 use crate::cli::{CaCommand, Cli, Command};
@@ -36,5 +37,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::User(c) => user::run_user(c).await,
         Command::Consent(c) => user::run_consent(c).await,
         Command::Secrets(c) => secrets::run(c).await,
+        Command::Tools(c) => tools::run(c).await,
     }
 }

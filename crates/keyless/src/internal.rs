@@ -1,0 +1,52 @@
+//! Identities of Keyless's own in-process components (the MCP gateway, the
+//! demo tool servers). Their registration entries live in memory only: no
+//! workload selector can ever obtain these SPIFFE IDs.
+
+use std::sync::Arc;
+
+use keyless_identity::{Identity, RegistrationEntry, SpiffeId};
+
+/// SPIFFE ID paths of the in-process components.
+pub const GATEWAY_ID_PATH: &str = "/keyless/gateway";
+pub const DIRECTORY_ID_PATH: &str = "/demo/directory";
+pub const BANK_ID_PATH: &str = "/demo/bank";
+
+/// Mints JWT-SVIDs for one in-process component.
+#[derive(Debug, Clone)]
+pub struct InternalSvid {
+    identity: Arc<Identity>,
+    entry: RegistrationEntry,
+}
+
+impl InternalSvid {
+    pub fn new(identity: Arc<Identity>, path: &str) -> anyhow::Result<Self> {
+        let spiffe_id = SpiffeId::from_parts(identity.trust_domain(), path)
+            .map_err(|e| anyhow::anyhow!("spiffe id for `{path}`: {e}"))?;
+        let entry = RegistrationEntry {
+            id: format!("keyless-internal{}", path.replace('/', "-")),
+            spiffe_id,
+            parent_id: None,
+            selectors: Vec::new(),
+            x509_ttl: identity.config().default_x509_ttl,
+            jwt_ttl: identity.config().default_jwt_ttl,
+            hint: path.trim_start_matches('/').to_owned(),
+            admin: false,
+            created_at: 0,
+        };
+        Ok(Self { identity, entry })
+    }
+
+    pub fn spiffe_id(&self) -> String {
+        self.entry.spiffe_id.to_string()
+    }
+}
+
+#[async_trait::async_trait]
+impl keyless_demo::SvidSource for InternalSvid {
+    async fn jwt_svid(&self, audience: &str) -> Result<String, String> {
+        self.identity
+            .mint_jwt_svid(&self.entry, &[audience.to_owned()])
+            .map(|s| s.token)
+            .map_err(|e| e.to_string())
+    }
+}
