@@ -195,8 +195,14 @@ impl GatewayConfig {
                     let parsed = url::Url::parse(url).map_err(|e| {
                         ConfigError::Invalid(format!("upstream `{}`: url: {e}", u.name))
                     })?;
-                    if !matches!(parsed.scheme(), "http" | "https") {
-                        return invalid(format!("upstream `{}`: url must be http(s)", u.name));
+                    if parsed.scheme() == "https" {
+                        return invalid(format!(
+                            "upstream `{}`: https upstreams are not supported yet (use a local http endpoint or stdio)",
+                            u.name
+                        ));
+                    }
+                    if parsed.scheme() != "http" {
+                        return invalid(format!("upstream `{}`: url must be http", u.name));
                     }
                 }
                 (None, Some(cmd)) if !cmd.is_empty() => {}
@@ -386,7 +392,14 @@ mod tests {
                 "upstream name",
             ),
             ("[[upstream]]\nname = \"a\"", "exactly one of"),
-            ("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"", "http(s)"),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"",
+                "must be http",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = \"https://x\"",
+                "not supported yet",
+            ),
             (
                 "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nauth = \"oauth\"",
                 "audience",

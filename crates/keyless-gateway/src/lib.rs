@@ -14,6 +14,18 @@
 //! loop), `limits` (rate limits, loop breaker), `pipeline` (the per-call
 //! steps), `mcp` (the downstream rmcp server), `http` (routes and
 //! authentication).
+//!
+//! Not done yet:
+//! - Agent authentication with an mTLS X509-SVID: the exchange needs the
+//!   agent's JWT-SVID as actor token, so `/mcp` takes JWT-SVIDs only.
+//! - Approval through MCP elicitation: `/mcp` is stateless (JSON answers),
+//!   so approvals go through `/api/approvals` (the console's path) only.
+//! - `tools/list` hides blocked and tier-4 tools; it does not evaluate Cedar
+//!   per agent to hide what policy would refuse.
+//! - Upstreams over `https`: the upstream HTTP client is built without TLS
+//!   (a config naming an `https` upstream is refused at start).
+//! - Upstream `notifications/tools/list_changed` is not listened to; tool
+//!   lists are re-read every `refresh_tools` (30 s by default).
 
 pub mod approvals;
 pub mod approvals_http;
@@ -32,7 +44,7 @@ use std::time::Duration;
 pub use approvals::{Approval, ApprovalError, ApprovalRequest, Approvals, Gate};
 pub use catalog::{BlockReason, Catalog, CatalogError, PinnedTool, ToolDef, ToolStatus};
 pub use config::{ConfigError, GatewayConfig};
-pub use pipeline::{Caller, Gateway, GatewayParts, SUBJECT_TOKEN_HEADER};
+pub use pipeline::{Caller, GATEWAY_AUDIENCE, Gateway, GatewayParts, SUBJECT_TOKEN_HEADER};
 pub use upstream::Upstreams;
 
 /// How long a tier-2 approval covers the session's writes.
@@ -81,6 +93,25 @@ pub async fn start(p: StartParams) -> Result<Arc<Gateway>, StartError> {
             }
         })
     });
+    // Approvals made through another replica reach this one's in-memory
+    // pins at the same pace as upstream changes.
+    {
+        let catalog = catalog.clone();
+        let every = p.config.refresh_interval();
+        let mut stop = p.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {
+                        if let Err(e) = catalog.reload().await {
+                            tracing::warn!(error = %e, "cannot reload the tool catalog");
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
     let upstreams = Upstreams::start(
         &p.config.upstreams,
         p.config.refresh_interval(),

@@ -28,6 +28,10 @@ use crate::config::{self, GatewayConfig, UpstreamAuth};
 use crate::limits::Limiter;
 use crate::upstream::Upstreams;
 
+/// The resource-server audience under which calls to upstreams that take
+/// no OBO token are decided (register it at the STS).
+pub const GATEWAY_AUDIENCE: &str = "keyless-gateway";
+
 /// The header carrying the user's access token.
 pub const SUBJECT_TOKEN_HEADER: &str = "x-keyless-subject-token";
 
@@ -436,32 +440,38 @@ impl Gateway {
             }
         }
 
-        // Credential for the upstream.
-        let authorization = match upstream.auth {
-            UpstreamAuth::Oauth => {
-                let audience = upstream.audience.clone().unwrap_or_default();
-                let req = TokenExchangeRequest {
-                    grant_type: keyless_sts::GRANT_TYPE_TOKEN_EXCHANGE.into(),
-                    subject_token: Some(caller.user_token.clone()),
-                    subject_token_type: Some(keyless_sts::TOKEN_TYPE_ACCESS_TOKEN.into()),
-                    actor_token: Some(caller.agent_token.clone()),
-                    actor_token_type: Some(keyless_sts::TOKEN_TYPE_JWT.into()),
-                    audience: vec![audience],
-                    authorization_details: Some(json!([rar]).to_string()),
-                    ..TokenExchangeRequest::default()
-                };
-                let ctx = ExchangeContext {
-                    approvals,
-                    correlation_id: Some(correlation.clone()),
-                    ..ExchangeContext::default()
-                };
-                match self.sts.exchange(&req, Some(&self.client), &ctx).await {
-                    Ok(resp) => Some(format!("Authorization: Bearer {}", resp.access_token)),
-                    Err(e) => {
-                        return Err(refuse("token_exchange", e.oauth_code(), e.to_string()).await);
-                    }
-                }
+        // The decision: an RFC 8693 exchange for every call, whatever the
+        // upstream takes as credential, so Cedar, consent and `may_act`
+        // decide every call (tier 4 dies here). OAuth upstreams get the
+        // single-use token; the others' calls are decided under the
+        // gateway's own audience and the token is not used.
+        let audience = match upstream.auth {
+            UpstreamAuth::Oauth => upstream.audience.clone().unwrap_or_default(),
+            _ => GATEWAY_AUDIENCE.to_owned(),
+        };
+        let req = TokenExchangeRequest {
+            grant_type: keyless_sts::GRANT_TYPE_TOKEN_EXCHANGE.into(),
+            subject_token: Some(caller.user_token.clone()),
+            subject_token_type: Some(keyless_sts::TOKEN_TYPE_ACCESS_TOKEN.into()),
+            actor_token: Some(caller.agent_token.clone()),
+            actor_token_type: Some(keyless_sts::TOKEN_TYPE_JWT.into()),
+            audience: vec![audience],
+            authorization_details: Some(json!([rar]).to_string()),
+            ..TokenExchangeRequest::default()
+        };
+        let ctx = ExchangeContext {
+            approvals,
+            correlation_id: Some(correlation.clone()),
+            ..ExchangeContext::default()
+        };
+        let token = match self.sts.exchange(&req, Some(&self.client), &ctx).await {
+            Ok(resp) => resp.access_token,
+            Err(e) => {
+                return Err(refuse("token_exchange", e.oauth_code(), e.to_string()).await);
             }
+        };
+        let credential = match upstream.auth {
+            UpstreamAuth::Oauth => Some(format!("Authorization: Bearer {token}")),
             UpstreamAuth::Static => match self.static_credential(&upstream).await {
                 Ok(v) => Some(v),
                 Err(reason) => {
@@ -475,7 +485,7 @@ impl Gateway {
         let upstream_started = Instant::now();
         let result = self
             .upstreams
-            .call(server, bare, arguments, authorization)
+            .call(server, bare, arguments, credential)
             .await;
         let upstream_ms = ms(upstream_started);
         let (outcome, reason) = match &result {

@@ -138,6 +138,11 @@ async fn fabric(limits: &str) -> Fabric {
     for rs in &mut config.resource_servers {
         rs.spiffe_id = Some(format!("spiffe://{TD}/demo/{}", rs.audience));
     }
+    config
+        .resource_servers
+        .push(keyless_sts::ResourceServer::new(
+            keyless_gateway::GATEWAY_AUDIENCE,
+        ));
     config.clients.push(ClientRegistration {
         client_id: "keyless-gateway".into(),
         spiffe_id: GATEWAY_ID.into(),
@@ -191,7 +196,9 @@ async fn fabric(limits: &str) -> Fabric {
     let mut gw_config = GatewayConfig::parse(&format!(
         "{}\n\n[[upstream]]\nname = \"fixture\"\nurl = \"{base}/fixture/mcp\"\n\n[tools.\"fixture.echo\"]\ntier = 1\n\n{limits}",
         keyless_gateway::config::DEMO_CONFIG.replace("{base}", &base)
-    ))
+    )
+    .replace("{tmp}", &tmp.path().display().to_string())
+    .replace("{fixtures}", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")))
     .unwrap();
     gw_config.refresh_tools = Some("100ms".into());
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -707,4 +714,95 @@ async fn the_protected_resource_metadata_names_the_gateway_and_the_sts() {
         .unwrap();
     assert_eq!(m["resource"], format!("{}/mcp", f.base));
     assert_eq!(m["authorization_servers"], json!([f.base]));
+}
+
+#[tokio::test]
+async fn a_stdio_upstream_is_restarted_when_it_dies_and_the_others_keep_serving() {
+    let f = fabric(
+        "[[upstream]]\nname = \"local\"\ncommand = [\"python3\", \"{fixtures}/stdio_server.py\"]\n\
+         env = { STARTS_FILE = \"{tmp}/starts\" }\ntimeout = \"1s\"\n\
+         [tools.\"local.whoami\"]\ntier = 1\n[tools.\"local.crash\"]\ntier = 1\n[tools.\"local.slow\"]\ntier = 1\n",
+    )
+    .await;
+    let (user, _) = f.alice().await;
+    let client = f.client(&f.agent_svid().await, &user).await;
+    let whoami = |r: &CallToolResult| -> Value { serde_json::from_str(&text(r)).unwrap() };
+
+    let r = client
+        .call_tool(call("local.whoami", json!({})))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let first = whoami(&r);
+    // Neither the agent's nor the user's token crosses into the upstream.
+    assert_eq!(first["credential"], Value::Null);
+    // The call was still decided by the STS (under the gateway's audience).
+    assert_eq!(f.count("token_exchange.success"), 1);
+
+    // The child dies mid-call: the call fails, the gateway restarts it.
+    let r = client
+        .call_tool(call("local.crash", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "{}", text(&r));
+    // Meanwhile the other upstreams serve as before.
+    let r = client
+        .call_tool(call("directory.list_applications", json!({})))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let mut again = None;
+    for _ in 0..200 {
+        let r = client
+            .call_tool(call("local.whoami", json!({})))
+            .await
+            .unwrap();
+        if r.is_error != Some(true) {
+            again = Some(whoami(&r));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = again.expect("the stdio upstream was not restarted");
+    assert_ne!(again["pid"], first["pid"]);
+    let starts = std::fs::read_to_string(f._tmp.path().join("starts")).unwrap();
+    assert!(starts.lines().count() >= 2, "{starts}");
+
+    // An upstream slower than its timeout: the call fails with the reason.
+    let started = std::time::Instant::now();
+    let r = client
+        .call_tool(call("local.slow", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("did not answer"), "{}", text(&r));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn the_loop_breaker_stops_a_repeated_identical_call_before_the_upstream() {
+    let f = fabric("[limits]\nloop_max_repeats = 2").await;
+    let (user, _) = f.alice().await;
+    let client = f.client(&f.agent_svid().await, &user).await;
+    for _ in 0..2 {
+        let r = client
+            .call_tool(call("fixture.echo", json!({"text": "again"})))
+            .await
+            .unwrap();
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    }
+    let r = client
+        .call_tool(call("fixture.echo", json!({"text": "again"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("loop breaker"), "{}", text(&r));
+    assert_eq!(f.count("tool.called"), 2);
+    assert_eq!(f.count("risk.signal"), 1);
+    // Other arguments are another call.
+    let r = client
+        .call_tool(call("fixture.echo", json!({"text": "different"})))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
 }

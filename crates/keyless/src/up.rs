@@ -145,6 +145,18 @@ pub async fn run(args: UpArgs) -> CliResult {
         .context("cannot open the identity service")?;
     let _rotation = identity.spawn_rotation();
 
+    // The gateway's upstreams (the demo tool servers unless configured):
+    // read first, since their OAuth audiences become resource servers.
+    let gateway_config = match &config.gateway_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the gateway config `{}`", path.display()))?;
+            keyless_gateway::GatewayConfig::parse(&text)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?
+        }
+        None => keyless_gateway::GatewayConfig::demo(&public_url)
+            .map_err(|e| anyhow::anyhow!("the demo gateway config: {e}"))?,
+    };
     let mut sts_config = StsConfig::new(public_url.clone());
     // The demo tool servers consume their tokens as themselves, and the
     // gateway exchanges for agents as a confidential client.
@@ -158,6 +170,22 @@ pub async fn run(args: UpArgs) -> CliResult {
         rs.resource_uris
             .push(format!("{public_url}/demo/{}/mcp", rs.audience));
     }
+    // Every OAuth upstream is a resource server (the demo ones already are).
+    for u in &gateway_config.upstreams {
+        if let (keyless_gateway::config::UpstreamAuth::Oauth, Some(aud)) = (&u.auth, &u.audience)
+            && sts_config.resource_server(aud).is_none()
+        {
+            let mut rs = keyless_sts::ResourceServer::new(aud);
+            rs.resource_uris.extend(u.url.clone());
+            sts_config.resource_servers.push(rs);
+        }
+    }
+    // Calls to upstreams that take no OBO token are decided under this one.
+    sts_config
+        .resource_servers
+        .push(keyless_sts::ResourceServer::new(
+            keyless_gateway::GATEWAY_AUDIENCE,
+        ));
     sts_config.clients.push(keyless_sts::ClientRegistration {
         client_id: GATEWAY_CLIENT_ID.into(),
         spiffe_id: format!("spiffe://{trust_domain}{}", internal::GATEWAY_ID_PATH),
@@ -233,16 +261,6 @@ pub async fn run(args: UpArgs) -> CliResult {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // The MCP gateway and, behind it, the demo tool servers.
-    let gateway_config = match &config.gateway_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the gateway config `{}`", path.display()))?;
-            keyless_gateway::GatewayConfig::parse(&text)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?
-        }
-        None => keyless_gateway::GatewayConfig::demo(&public_url)
-            .map_err(|e| anyhow::anyhow!("the demo gateway config: {e}"))?,
-    };
     let demo_dir = data_dir.join("demo");
     std::fs::create_dir_all(&demo_dir).context("cannot create the demo dir")?;
     let demo = |file: &str, path: &str| -> anyhow::Result<keyless_demo::DemoConfig> {
