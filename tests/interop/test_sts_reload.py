@@ -45,7 +45,7 @@ def signed_in_user_token(fabric, browser: requests.Session) -> tuple[str, object
     client = flow.oauth_client(fabric)
     verifier = secrets.token_urlsafe(48)
     auth_url, _ = client.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier)
-    callback = flow.follow_to_callback(browser, fabric, auth_url, password)
+    callback = flow.follow_to_callback(browser, fabric, auth_url, flow.EMAIL, password)
     assert "code" in parse_qs(urlsplit(callback).query)
     client.fetch_token(meta["token_endpoint"], authorization_response=callback, code_verifier=verifier)
     return password, client, meta
