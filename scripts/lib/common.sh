@@ -60,7 +60,7 @@ ensure_venv() {
         "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs" </dev/null || return 1
         echo "$want" >"$venv/.requirements.sha256"
     fi
-    "$venv/bin/python" -c 'import spiffe, pytest, jwt, cryptography, requests' || return 1
+    "$venv/bin/python" -c 'import spiffe, pytest, jwt, cryptography, requests, hvac, mcp' || return 1
 }
 
 # --- OpenBao ----------------------------------------------------------------

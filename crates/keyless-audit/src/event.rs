@@ -158,6 +158,27 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
 
     /// Whether a durably stored event of `kind` has detail `jti` = `jti`.
     async fn has_jti(&self, jti: &str, kind: &str) -> Result<bool, SinkError>;
+
+    /// Waits at most `timeout` for [`EventSink::has_jti`] to become true
+    /// (an event queued a moment ago is committed by the next group
+    /// commit). By default: polls every 5 ms.
+    async fn wait_jti(
+        &self,
+        jti: &str,
+        kind: &str,
+        timeout: std::time::Duration,
+    ) -> Result<bool, SinkError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.has_jti(jti, kind).await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// The sink could not store an event; the action it describes must fail.

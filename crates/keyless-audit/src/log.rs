@@ -161,7 +161,20 @@ struct Shared {
     /// Set while the last batch failed to commit: queued appends are
     /// refused then, since nobody would learn that they were lost.
     failing: std::sync::atomic::AtomicBool,
+    /// Token ids (with their event kind) of recently committed batches:
+    /// `wait_jti` answers from here without a query. Bounded.
+    recent_jtis: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Bumped after every batch this process commits (or fails to), to
+    /// wake `wait_jti` at once instead of at its next poll.
+    commits: tokio::sync::watch::Sender<u64>,
 }
+
+/// Most token ids `recent_jtis` holds before it starts over.
+const RECENT_JTIS: usize = 100_000;
+
+/// While waiting for a token id, the store is also polled this often
+/// (another replica's commit wakes nothing here).
+const JTI_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 // === impl AuditLog ===
 
@@ -204,6 +217,8 @@ impl AuditLog {
             signer: RwLock::new(signer),
             checkpoint_lock: tokio::sync::Mutex::new(()),
             failing: std::sync::atomic::AtomicBool::new(false),
+            recent_jtis: std::sync::Mutex::new(std::collections::HashSet::new()),
+            commits: tokio::sync::watch::channel(0).0,
         });
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run_writer(shared.clone(), rx));
@@ -277,7 +292,39 @@ impl AuditLog {
     /// Whether a committed event of `kind` names token `jti` (its `jti`
     /// detail), in this process's log or another replica's.
     pub async fn has_jti(&self, jti: &str, kind: &str) -> Result<bool, AuditError> {
+        if self.shared.recently_committed(jti, kind) {
+            return Ok(true);
+        }
         db::has_jti(self.shared.store.pool(), jti, kind).await
+    }
+
+    /// Waits at most `timeout` for [`AuditLog::has_jti`]: woken by this
+    /// process's next group commit, and polling the store meanwhile for
+    /// other replicas' commits.
+    pub async fn wait_jti(
+        &self,
+        jti: &str,
+        kind: &str,
+        timeout: std::time::Duration,
+    ) -> Result<bool, AuditError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribed before the first check: a commit between the check and
+        // the wait still wakes us.
+        let mut commits = self.shared.commits.subscribe();
+        loop {
+            if self.has_jti(jti, kind).await? {
+                return Ok(true);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let step = (deadline - now).min(JTI_POLL);
+            if let Ok(Err(_)) = tokio::time::timeout(step, commits.changed()).await {
+                // The writer is gone: only the store can still answer.
+                tokio::time::sleep(step).await;
+            }
+        }
     }
 
     /// The origin line of this log's checkpoints.
@@ -424,11 +471,44 @@ impl EventSink for AuditLog {
             .await
             .map_err(|e| SinkError(e.to_string()))
     }
+
+    async fn wait_jti(
+        &self,
+        jti: &str,
+        kind: &str,
+        timeout: std::time::Duration,
+    ) -> Result<bool, SinkError> {
+        AuditLog::wait_jti(self, jti, kind, timeout)
+            .await
+            .map_err(|e| SinkError(e.to_string()))
+    }
 }
 
 // === impl Shared ===
 
 impl Shared {
+    fn recently_committed(&self, jti: &str, kind: &str) -> bool {
+        self.recent_jtis
+            .lock()
+            .map(|s| s.contains(&(jti.to_owned(), kind.to_owned())))
+            .unwrap_or(false)
+    }
+
+    /// Remembers the token ids of a committed batch and wakes waiters.
+    fn committed(&self, batch: &[Pending]) {
+        if let Ok(mut recent) = self.recent_jtis.lock() {
+            if recent.len() >= RECENT_JTIS {
+                recent.clear();
+            }
+            for p in batch {
+                if let Some(jti) = p.event.detail.get("jti").and_then(|v| v.as_str()) {
+                    recent.insert((jti.to_owned(), p.event.kind.clone()));
+                }
+            }
+        }
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     fn tree(&self) -> RwLockReadGuard<'_, MerkleTree> {
         // A panic elsewhere cannot leave the tree half-updated (pushes are
         // infallible), so a poisoned lock still guards a sound tree.
@@ -467,6 +547,7 @@ impl Shared {
             .store(result.is_err(), std::sync::atomic::Ordering::Release);
         match result {
             Ok(first) => {
+                self.committed(&batch);
                 for (k, p) in batch.into_iter().enumerate() {
                     let index = first + k as u64;
                     let entry = LogEntry {
@@ -481,6 +562,7 @@ impl Shared {
                 }
             }
             Err(e) => {
+                self.commits.send_modify(|n| *n = n.wrapping_add(1));
                 tracing::error!(error = %e, events = batch.len(), "audit batch not stored");
                 let msg = e.to_string();
                 for p in batch {
