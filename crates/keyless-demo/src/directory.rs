@@ -89,22 +89,26 @@ impl Directory {
 
     /// Authorizes a call needing `action` on `kind`, bound to `email` when the
     /// grant names an identifier.
-    async fn authorize_for_user(
+    /// Authorizes a call about one user (the token's RAR must name `kind`,
+    /// `action` and, if it has one, this user as identifier), then
+    /// normalizes the email: `Ok(Err(result))` is the tool error for an
+    /// invalid email.
+    async fn authorized_user(
         &self,
         ctx: &RequestContext<RoleServer>,
         tool: &str,
         kind: &str,
         action: &str,
         email: &str,
-    ) -> Result<(), ErrorData> {
+    ) -> Result<Result<String, CallToolResult>, ErrorData> {
         mcp::authorize(&self.verifier, ctx, tool, |details| {
             rar::require(details, kind, |detail| {
                 rar::actions(detail, &[action])?;
                 rar::identifier(detail, email)
             })
         })
-        .await
-        .map(drop)
+        .await?;
+        Ok(normalize_email(email).map_err(tool_error))
     }
 }
 
@@ -147,11 +151,12 @@ impl Directory {
         Parameters(args): Parameters<UserArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.authorize_for_user(&ctx, "get_user", "directory_read", "read", &args.email)
-            .await?;
-        let email = match normalize_email(&args.email) {
+        let email = match self
+            .authorized_user(&ctx, "get_user", "directory_read", "read", &args.email)
+            .await?
+        {
             Ok(email) => email,
-            Err(message) => return Ok(tool_error(message)),
+            Err(refusal) => return Ok(refusal),
         };
         match store::get_user(&self.pool, &email)
             .await
@@ -201,17 +206,18 @@ impl Directory {
         Parameters(args): Parameters<CreateUserArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.authorize_for_user(
-            &ctx,
-            "create_user",
-            "directory_write",
-            "create",
-            &args.email,
-        )
-        .await?;
-        let email = match normalize_email(&args.email) {
+        let email = match self
+            .authorized_user(
+                &ctx,
+                "create_user",
+                "directory_write",
+                "create",
+                &args.email,
+            )
+            .await?
+        {
             Ok(email) => email,
-            Err(message) => return Ok(tool_error(message)),
+            Err(refusal) => return Ok(refusal),
         };
         let name = args.name.trim();
         if name.is_empty()
@@ -249,17 +255,18 @@ impl Directory {
         Parameters(args): Parameters<GroupMemberArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.authorize_for_user(
-            &ctx,
-            "add_user_to_group",
-            "directory_write",
-            "add_member",
-            &args.email,
-        )
-        .await?;
-        let email = match normalize_email(&args.email) {
+        let email = match self
+            .authorized_user(
+                &ctx,
+                "add_user_to_group",
+                "directory_write",
+                "add_member",
+                &args.email,
+            )
+            .await?
+        {
             Ok(email) => email,
-            Err(message) => return Ok(tool_error(message)),
+            Err(refusal) => return Ok(refusal),
         };
         let group = args.group.trim().to_ascii_lowercase();
         if store::get_user(&self.pool, &email)
@@ -301,17 +308,18 @@ impl Directory {
         Parameters(args): Parameters<UserArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.authorize_for_user(
-            &ctx,
-            "deactivate_user",
-            "directory_admin",
-            "disable_user",
-            &args.email,
-        )
-        .await?;
-        let email = match normalize_email(&args.email) {
+        let email = match self
+            .authorized_user(
+                &ctx,
+                "deactivate_user",
+                "directory_admin",
+                "disable_user",
+                &args.email,
+            )
+            .await?
+        {
             Ok(email) => email,
-            Err(message) => return Ok(tool_error(message)),
+            Err(refusal) => return Ok(refusal),
         };
         match store::deactivate(&self.pool, &email)
             .await
@@ -342,17 +350,18 @@ impl Directory {
         Parameters(args): Parameters<UserArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.authorize_for_user(
-            &ctx,
-            "revoke_user_sessions",
-            "directory_admin",
-            "revoke_sessions",
-            &args.email,
-        )
-        .await?;
-        let email = match normalize_email(&args.email) {
+        let email = match self
+            .authorized_user(
+                &ctx,
+                "revoke_user_sessions",
+                "directory_admin",
+                "revoke_sessions",
+                &args.email,
+            )
+            .await?
+        {
             Ok(email) => email,
-            Err(message) => return Ok(tool_error(message)),
+            Err(refusal) => return Ok(refusal),
         };
         match store::revoke_sessions(&self.pool, &email)
             .await
@@ -380,17 +389,18 @@ impl Directory {
         Parameters(args): Parameters<UserArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.authorize_for_user(
-            &ctx,
-            "delete_user",
-            "directory_admin",
-            "delete_user",
-            &args.email,
-        )
-        .await?;
-        let email = match normalize_email(&args.email) {
+        let email = match self
+            .authorized_user(
+                &ctx,
+                "delete_user",
+                "directory_admin",
+                "delete_user",
+                &args.email,
+            )
+            .await?
+        {
             Ok(email) => email,
-            Err(message) => return Ok(tool_error(message)),
+            Err(refusal) => return Ok(refusal),
         };
         if store::delete_user(&self.pool, &email)
             .await
@@ -417,17 +427,18 @@ impl Directory {
         Parameters(args): Parameters<UserArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.authorize_for_user(
-            &ctx,
-            "grant_admin_role",
-            "directory_admin",
-            "grant_admin_role",
-            &args.email,
-        )
-        .await?;
-        let email = match normalize_email(&args.email) {
+        let email = match self
+            .authorized_user(
+                &ctx,
+                "grant_admin_role",
+                "directory_admin",
+                "grant_admin_role",
+                &args.email,
+            )
+            .await?
+        {
             Ok(email) => email,
-            Err(message) => return Ok(tool_error(message)),
+            Err(refusal) => return Ok(refusal),
         };
         if store::grant_admin(&self.pool, &email)
             .await

@@ -29,7 +29,6 @@
 
 pub mod approvals;
 pub mod approvals_http;
-pub mod canon;
 pub mod catalog;
 pub mod config;
 pub mod http;

@@ -22,7 +22,6 @@ use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
 use serde_json::{Value, json};
 
 use crate::approvals::{ApprovalRequest, Approvals, Gate};
-use crate::canon;
 use crate::catalog::{Catalog, ToolStatus};
 use crate::config::{self, GatewayConfig, UpstreamAuth};
 use crate::limits::Limiter;
@@ -324,7 +323,15 @@ impl Gateway {
 
         // Safety limits.
         let args_value = Value::Object(arguments);
-        let args_text = canon::canonical_json(&args_value);
+        // The log's own canonical form: key order never changes the hash.
+        let Ok(args_text) = keyless_audit::canonical::to_canonical_json(&args_value) else {
+            return Err(refuse(
+                "lookup",
+                "invalid_arguments",
+                "arguments are not representable as JSON".into(),
+            )
+            .await);
+        };
         if args_text.len() > self.limiter.max_argument_bytes() {
             return Err(refuse(
                 "limits",

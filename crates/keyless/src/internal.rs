@@ -1,6 +1,6 @@
-//! Identities of Keyless's own in-process components (the MCP gateway, the
-//! demo tool servers). Their registration entries live in memory only: no
-//! workload selector can ever obtain these SPIFFE IDs.
+//! Identities of Keyless's own in-process components (the mTLS server, the
+//! MCP gateway, the demo tool servers). Their registration entries live in
+//! memory only: no workload selector can ever obtain these SPIFFE IDs.
 
 use std::sync::Arc;
 
@@ -18,21 +18,33 @@ pub struct InternalSvid {
     entry: RegistrationEntry,
 }
 
+/// The in-memory registration entry `id` of component `path`
+/// (`spiffe://<td><path>`), with the identity service's default TTLs.
+pub fn entry(
+    identity: &Identity,
+    path: &str,
+    id: &str,
+    hint: &str,
+) -> anyhow::Result<RegistrationEntry> {
+    let spiffe_id = SpiffeId::from_parts(identity.trust_domain(), path)
+        .map_err(|e| anyhow::anyhow!("spiffe id for `{path}`: {e}"))?;
+    Ok(RegistrationEntry {
+        id: id.to_owned(),
+        spiffe_id,
+        parent_id: None,
+        selectors: Vec::new(),
+        x509_ttl: identity.config().default_x509_ttl,
+        jwt_ttl: identity.config().default_jwt_ttl,
+        hint: hint.to_owned(),
+        admin: false,
+        created_at: 0,
+    })
+}
+
 impl InternalSvid {
     pub fn new(identity: Arc<Identity>, path: &str) -> anyhow::Result<Self> {
-        let spiffe_id = SpiffeId::from_parts(identity.trust_domain(), path)
-            .map_err(|e| anyhow::anyhow!("spiffe id for `{path}`: {e}"))?;
-        let entry = RegistrationEntry {
-            id: format!("keyless-internal{}", path.replace('/', "-")),
-            spiffe_id,
-            parent_id: None,
-            selectors: Vec::new(),
-            x509_ttl: identity.config().default_x509_ttl,
-            jwt_ttl: identity.config().default_jwt_ttl,
-            hint: path.trim_start_matches('/').to_owned(),
-            admin: false,
-            created_at: 0,
-        };
+        let id = format!("keyless-internal{}", path.replace('/', "-"));
+        let entry = entry(&identity, path, &id, path.trim_start_matches('/'))?;
         Ok(Self { identity, entry })
     }
 

@@ -30,7 +30,7 @@ use anyhow::Context;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use keyless_identity::{Identity, PeerSvid, RegistrationEntry, SpiffeId};
+use keyless_identity::{Identity, PeerSvid, SpiffeId};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -62,21 +62,10 @@ fn provider() -> Arc<CryptoProvider> {
 /// Builds a server configuration from a fresh server SVID and the current
 /// authorities; returns it with the SVID's expiry.
 fn build(identity: &Identity) -> anyhow::Result<(Arc<ServerConfig>, SystemTime)> {
-    let td = identity.trust_domain();
-    let spiffe_id = SpiffeId::from_parts(td, SERVER_ID_PATH)
-        .map_err(|e| anyhow::anyhow!("server spiffe id: {e}"))?;
     // In memory only (see the module docs): no selector matches it.
-    let entry = RegistrationEntry {
-        id: "keyless-server".into(),
-        spiffe_id,
-        parent_id: None,
-        selectors: Vec::new(),
-        x509_ttl: identity.config().default_x509_ttl,
-        jwt_ttl: identity.config().default_jwt_ttl,
-        hint: "keyless-server".into(),
-        admin: false,
-        created_at: 0,
-    };
+    let entry =
+        crate::internal::entry(identity, SERVER_ID_PATH, "keyless-server", "keyless-server")
+            .context("the server's entry")?;
     let svid = identity
         .mint_x509_svid(&entry)
         .context("minting the server x509-svid")?;
