@@ -98,6 +98,13 @@ async fn authenticate(sts: &Sts, headers: &HeaderMap) -> Result<AccessTokenClaim
             return Err(unauthorized(Some("the access token is invalid or expired")));
         }
     };
+    if claims.is_service() {
+        return Err(json_error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "a service's client-credentials token is not a user's",
+        ));
+    }
     if claims.is_obo() {
         // An agent holding an on-behalf-of token must never approve its
         // own calls: approvals are the human's.

@@ -26,6 +26,8 @@ use crate::catalog::{Catalog, ToolStatus};
 use crate::config::{self, GatewayConfig, UpstreamAuth};
 use crate::limits::Limiter;
 use crate::upstream::Upstreams;
+use keyless_signals::ladder::{Ladder, Verdict};
+use keyless_signals::risk::{Observation, ObservationKind};
 
 /// The resource-server audience under which calls to upstreams that take
 /// no OBO token are decided (register it at the STS).
@@ -95,6 +97,8 @@ pub struct Gateway {
     limiter: Limiter,
     client: AuthenticatedClient,
     secrets: Option<Arc<keyless_secrets::Secrets>>,
+    /// The risk ladder, when signals are wired (`keyless up` always does).
+    ladder: std::sync::OnceLock<Arc<Ladder>>,
 }
 
 /// Construction parameters of [`Gateway::new`].
@@ -141,6 +145,26 @@ impl Gateway {
             upstreams: p.upstreams,
             client: p.client,
             secrets: p.secrets,
+            ladder: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Feeds every call to the risk ladder from now on (set once).
+    pub fn set_ladder(&self, ladder: Arc<Ladder>) {
+        let _ = self.ladder.set(ladder);
+    }
+
+    /// Tells the ladder about one observation; `None` when no ladder is
+    /// wired or it failed (a broken ladder is logged, it does not stop calls:
+    /// the STS's own checks still hold).
+    async fn observe(&self, obs: &Observation) -> Option<Verdict> {
+        let ladder = self.ladder.get()?;
+        match ladder.observe(obs).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "risk ladder: observing a call failed");
+                None
+            }
         }
     }
 
@@ -220,6 +244,12 @@ impl Gateway {
             .verify_access_token(user_token, None)
             .await
             .map_err(|e| AuthError::InvalidUser(format!("subject token: {e}")))?;
+        if claims.is_service() {
+            return Err(AuthError::InvalidUser(
+                "subject token: a service's client-credentials token does not speak for a user"
+                    .into(),
+            ));
+        }
         let live = self
             .sts
             .token_live(&claims)
@@ -361,6 +391,11 @@ impl Gateway {
                 .detail("signal", trip.kind());
             e.duration_ms = Some(0.0);
             let _ = self.events.record_queued(e).await;
+            if trip.kind() == "loop" {
+                let mut obs = observation(caller, name, None);
+                obs.kind = ObservationKind::LoopBreaker;
+                self.observe(&obs).await;
+            }
             return Err(refuse("limits", "limit_exceeded", trip.to_string()).await);
         }
         let Value::Object(arguments) = args_value else {
@@ -389,6 +424,10 @@ impl Gateway {
                 return Err(refuse("rar", "invalid_authorization_details", e.to_string()).await);
             }
         };
+
+        // The risk ladder sees the call before anyone approves it.
+        let obs = observation(caller, name, Some(&rar));
+        let verdict = self.observe(&obs).await;
 
         // Human approval (tier 2: once per session; tier 3: every call).
         let approval_started = Instant::now();
@@ -474,6 +513,16 @@ impl Gateway {
         let token = match self.sts.exchange(&req, Some(&self.client), &ctx).await {
             Ok(resp) => resp.access_token,
             Err(e) => {
+                // A refusal because the ladder restricted the subject (W4)
+                // is the ladder's own effect, not a new anomaly.
+                let restricted = verdict.as_ref().is_some_and(|v| v.assessment.level >= 4);
+                if e.oauth_code() == "access_denied" && !restricted {
+                    let mut denied = obs.clone();
+                    denied.kind = ObservationKind::PolicyDenied {
+                        reason: e.to_string(),
+                    };
+                    self.observe(&denied).await;
+                }
                 return Err(refuse("token_exchange", e.oauth_code(), e.to_string()).await);
             }
         };
@@ -507,6 +556,19 @@ impl Gateway {
         e.rar_summary = rar_summary;
         e.duration_ms = Some(ms(started) + caller.auth_ms);
         let _ = self.events.record_queued(e).await;
+        if outcome == Outcome::Success
+            && let Some(ladder) = self.ladder.get()
+            && let Err(e) = ladder.learn(&obs).await
+        {
+            tracing::warn!(error = %e, "risk ladder: learning from a call failed");
+        }
+        let caution = verdict.and_then(|v| v.caution);
+        let result = result.map(|mut r| {
+            if let Some(c) = caution {
+                r.content.push(ContentBlock::text(c));
+            }
+            r
+        });
         result.map_err(|e| Refusal {
             step: "upstream",
             error: "upstream_error",
@@ -556,6 +618,41 @@ impl Gateway {
 }
 
 /// The first text content of a result (its error message).
+/// What the risk ladder needs to know of a call: who, which session, and
+/// from its RAR detail the amount, destination and whose data it touches.
+fn observation(caller: &Caller, tool: &str, rar: Option<&Value>) -> Observation {
+    let get = |k: &str| rar.and_then(|r| r.get(k));
+    let text = |k: &str| get(k).and_then(Value::as_str).map(str::to_owned);
+    let rar_type = text("type").unwrap_or_default();
+    let amount = get("amount")
+        .and_then(|a| match a {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.parse::<f64>().ok(),
+            _ => None,
+        })
+        .map(|a| (a, text("currency").unwrap_or_else(|| "USD".into())));
+    let target_user = rar_type
+        .starts_with("directory_")
+        .then(|| text("identifier"))
+        .flatten()
+        .filter(|s| s.contains('@'));
+    Observation {
+        user_sub: caller.user.sub.clone(),
+        user_email: caller.user.email.clone(),
+        session_id: caller
+            .user
+            .sid
+            .clone()
+            .unwrap_or_else(|| format!("token:{}", caller.user.jti)),
+        tool: tool.to_owned(),
+        admin: rar_type == "directory_admin",
+        amount,
+        destination: text("destination"),
+        target_user,
+        kind: ObservationKind::Call,
+    }
+}
+
 fn first_text(r: &CallToolResult) -> String {
     r.content
         .iter()

@@ -39,6 +39,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_secrets_rotating"),
     migration!(9, "0009_audit_jtis"),
     migration!(10, "0010_gateway"),
+    migration!(11, "0011_signals"),
 ];
 
 pub(crate) async fn current_version(store: &Store) -> Result<i64, StoreError> {

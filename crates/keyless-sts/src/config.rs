@@ -77,6 +77,51 @@ pub struct PublicClient {
     pub post_logout_redirect_uris: Vec<String>,
 }
 
+/// Service scopes a workload or client may obtain with the
+/// `client_credentials` grant (RFC 6749 §4.4), e.g. `ssf.manage`.
+///
+/// A caller authenticating with a JWT-SVID matches when its SPIFFE ID
+/// equals `spiffe_id_prefix` or lies below it (`prefix` + `/…`); a
+/// `private_key_jwt` client matches when its client id equals
+/// `spiffe_id_prefix`. A caller may request the union of the scopes of
+/// every rule it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceScopeRule {
+    /// A SPIFFE ID (`spiffe://td/ssf`, no trailing `/`) or a
+    /// `private_key_jwt` client id.
+    pub spiffe_id_prefix: String,
+    /// The scopes it grants (no spaces inside a scope).
+    pub scopes: Vec<String>,
+}
+
+// === impl ServiceScopeRule ===
+
+impl ServiceScopeRule {
+    /// A rule granting `scopes` to `spiffe_id_prefix` and below it.
+    pub fn new(spiffe_id_prefix: impl Into<String>, scopes: &[&str]) -> Self {
+        Self {
+            spiffe_id_prefix: spiffe_id_prefix.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// Whether a caller authenticated by its JWT-SVID with `spiffe_id`
+    /// matches: the ID itself, or one below it on a path boundary
+    /// (`spiffe://td/ssf` matches `spiffe://td/ssf/poller`, never
+    /// `spiffe://td/ssfx`).
+    pub fn matches_spiffe_id(&self, spiffe_id: &str) -> bool {
+        spiffe_id == self.spiffe_id_prefix
+            || spiffe_id
+                .strip_prefix(self.spiffe_id_prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// Whether a `private_key_jwt` client with `client_id` matches (exact).
+    pub fn matches_client_id(&self, client_id: &str) -> bool {
+        client_id == self.spiffe_id_prefix
+    }
+}
+
 /// Argon2id cost. The default is OWASP's (19 MiB, 2 passes); tests lower it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PasswordHashCost {
@@ -140,6 +185,9 @@ pub struct StsConfig {
     /// How often the maintenance task runs: purges of consumed ids and
     /// expired sign-in rows, and the rotation check.
     pub maintenance_interval: Duration,
+    /// Who may obtain which service scopes with the `client_credentials`
+    /// grant. Empty by default: nobody may.
+    pub service_scopes: Vec<ServiceScopeRule>,
 }
 
 // === impl StsConfig ===
@@ -180,6 +228,7 @@ impl StsConfig {
             refresh_token_ttl: Duration::from_secs(8 * 3600),
             signing_key_lifetime: Duration::from_secs(24 * 3600),
             maintenance_interval: Duration::from_secs(60),
+            service_scopes: Vec::new(),
             issuer,
         }
     }
@@ -263,6 +312,24 @@ impl StsConfig {
                 return bad(format!(
                     "public client `{}` needs a client_id and a redirect uri",
                     c.client_id
+                ));
+            }
+        }
+        for rule in &self.service_scopes {
+            let prefix = &rule.spiffe_id_prefix;
+            if prefix.is_empty() || prefix.ends_with('/') {
+                return bad(format!(
+                    "service scope rule `{prefix}` must name a spiffe id or client id without trailing `/`"
+                ));
+            }
+            if rule.scopes.is_empty()
+                || rule
+                    .scopes
+                    .iter()
+                    .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
+                return bad(format!(
+                    "service scope rule `{prefix}` needs at least one scope, each without spaces"
                 ));
             }
         }

@@ -20,6 +20,10 @@ pub enum StsError {
     InvalidAuthorizationDetails(String),
     #[error("{0}")]
     InvalidScope(String),
+    /// A valid token that lacks the scope a protected resource requires
+    /// (RFC 6750 §3.1): the caller is known but not allowed (HTTP 403).
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(String),
     /// Refused by consent or by policy; `policy` names the deciding policy
     /// ids (empty when no consent or no permit matched).
     #[error("{reason}")]
@@ -98,6 +102,7 @@ impl StsError {
             Self::InvalidTarget(_) => "invalid_target",
             Self::InvalidAuthorizationDetails(_) => "invalid_authorization_details",
             Self::InvalidScope(_) => "invalid_scope",
+            Self::InsufficientScope(_) => "insufficient_scope",
             Self::AccessDenied { .. } => "access_denied",
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
             Self::UnsupportedResponseType(_) => "unsupported_response_type",

@@ -102,6 +102,8 @@ struct Trail {
     rar_summary: Option<String>,
     audience: Option<String>,
     policies: Vec<String>,
+    /// The risk level the session's ladder level raised the caller's to.
+    risk_level: Option<String>,
 }
 
 fn invalid_request(m: impl Into<String>) -> StsError {
@@ -151,6 +153,9 @@ impl Sts {
         }
         if !trail.policies.is_empty() {
             event = event.detail("policies", trail.policies);
+        }
+        if let Some(risk) = trail.risk_level {
+            event = event.detail("risk_level", risk);
         }
         match &result {
             Ok(resp) => {
@@ -253,6 +258,19 @@ impl Sts {
             return Err(invalid_request(
                 "subject_token is no longer active (session ended or token revoked)",
             ));
+        }
+        if subject.is_service() {
+            return Err(invalid_request(
+                "subject_token is a service token: it acts for no user",
+            ));
+        }
+        // The risk ladder (W4): a restricted user gets no new tokens, from
+        // any agent, until a human has reviewed.
+        if self.subject_restricted(&subject.sub) {
+            return Err(StsError::AccessDenied {
+                policy: Vec::new(),
+                reason: crate::risk::RESTRICTED_REASON.to_owned(),
+            });
         }
         let now = unix_now();
         match &subject.act {
@@ -397,6 +415,17 @@ impl Sts {
         }
 
         // --- policy: every action of every detail must be permitted ---
+        // The session's place on the risk ladder can only raise the
+        // caller's risk level (W2 → medium, W3 and above → high).
+        let session_level = self.session_risk_level(subject.sid.as_deref());
+        let risk_level = crate::risk::effective_risk_level(&ctx.risk_level, session_level);
+        if risk_level != ctx.risk_level {
+            trail.risk_level = Some(risk_level.clone());
+        }
+        let ctx = &ExchangeContext {
+            risk_level,
+            ..ctx.clone()
+        };
         let session_age = now
             .saturating_sub(subject.auth_time.unwrap_or(subject.iat))
             .max(0);
@@ -469,6 +498,7 @@ impl Sts {
             }),
             authorization_details: Some(granted.clone()),
             cnf: ctx.sender.clone().filter(|c| !c.is_empty()),
+            gty: None,
         };
         let access_token = self.sign(&claims)?;
         Ok(TokenExchangeResponse {

@@ -55,6 +55,7 @@ use crate::AuthorizeRequest;
 use crate::oidc::{CodeGrant, SCOPES_SUPPORTED};
 use serde_json::{Value, json};
 
+use crate::client_credentials::{ClientCredentialsRequest, GRANT_TYPE_CLIENT_CREDENTIALS};
 use crate::exchange::{ExchangeContext, GRANT_TYPE_TOKEN_EXCHANGE, TokenExchangeRequest};
 use crate::service::{AuthenticatedClient, CLIENT_ASSERTION_TYPE_JWT_SPIFFE};
 use crate::token::Confirmation;
@@ -107,7 +108,7 @@ pub fn error_status(e: &StsError) -> StatusCode {
         | StsError::InvalidDpopProof(_)
         | StsError::WeakPassword(_) => StatusCode::BAD_REQUEST,
         StsError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-        StsError::CsrfMismatch => StatusCode::FORBIDDEN,
+        StsError::CsrfMismatch | StsError::InsufficientScope(_) => StatusCode::FORBIDDEN,
         StsError::AccountLocked(_) | StsError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         StsError::UserExists(_) => StatusCode::CONFLICT,
         StsError::UserNotFound(_) => StatusCode::NOT_FOUND,
@@ -217,6 +218,18 @@ async fn token(
         && matches!(grant_type.as_str(), "authorization_code" | "refresh_token")
     {
         let result = user_grant(&sts, &headers, &form, &grant_type)
+            .await
+            .and_then(|r| serde_json::to_value(r).map_err(|e| StsError::Crypto(e.to_string())));
+        return match result {
+            Ok(body) => no_store_json(&body, StatusCode::OK),
+            Err(e) => error_response(&e),
+        };
+    }
+    if let Ok(form) = Form::parse(&headers, &body)
+        && let Ok(Some(grant_type)) = form.one("grant_type")
+        && grant_type == GRANT_TYPE_CLIENT_CREDENTIALS
+    {
+        let result = client_credentials(&sts, &headers, &form)
             .await
             .and_then(|r| serde_json::to_value(r).map_err(|e| StsError::Crypto(e.to_string())));
         return match result {
@@ -444,7 +457,12 @@ fn base_metadata(sts: &Sts) -> Value {
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
         "end_session_endpoint": format!("{issuer}/oauth2/logout"),
-        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, "authorization_code", "refresh_token"],
+        "grant_types_supported": [
+            GRANT_TYPE_TOKEN_EXCHANGE,
+            "authorization_code",
+            "refresh_token",
+            GRANT_TYPE_CLIENT_CREDENTIALS,
+        ],
         "code_challenge_methods_supported": ["S256"],
         // "none": an agent authenticates by its actor token. The JWT-SVID
         // client assertion is advertised by its assertion type; the SPIFFE
@@ -538,6 +556,33 @@ async fn user_grant(
     } else {
         sts.refresh(&required("refresh_token")?, &client_id).await
     }
+}
+
+// --- client credentials ---
+
+/// The `client_credentials` grant: client assertion only (no secret, no
+/// HTTP Basic). A `DPoP` header is not applied: service tokens are Bearer.
+async fn client_credentials(
+    sts: &Sts,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<crate::TokenResponse, StsError> {
+    let req = ClientCredentialsRequest {
+        client_assertion_type: form.one("client_assertion_type")?,
+        client_assertion: form.one("client_assertion")?,
+        scope: form.one("scope")?,
+        resource: form.many("resource"),
+        audience: form.many("audience"),
+    };
+    if headers.contains_key(header::AUTHORIZATION) || form.one("client_secret")?.is_some() {
+        let e = StsError::InvalidClient(
+            "client secrets are not supported: authenticate with a client assertion".into(),
+        );
+        // Still a decision: recorded like any other refusal of the grant.
+        sts.record_client_credentials_refused(&e).await?;
+        return Err(e);
+    }
+    sts.client_credentials(&req).await
 }
 
 // --- cookies and html ---
@@ -905,9 +950,13 @@ async fn logout(State(sts): State<Arc<Sts>>, req: axum::extract::Request) -> Res
                 "the request body is too large".into(),
             ));
         };
-        match Form::parse(&headers, &body) {
-            Ok(f) => pairs.extend(f.0),
-            Err(e) => return error_page(&e),
+        // Every parameter is optional (RP-initiated logout): an empty
+        // body, whatever its content type, is a logout without any.
+        if !body.is_empty() {
+            match Form::parse(&headers, &body) {
+                Ok(f) => pairs.extend(f.0),
+                Err(e) => return error_page(&e),
+            }
         }
     }
     let param = |n: &str| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());

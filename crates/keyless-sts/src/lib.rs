@@ -35,6 +35,20 @@
 //!   other replicas with `pg_notify`; a replica without a working listener
 //!   does not cache). Signature checks of a token presented again are
 //!   memoized (`keyless_identity::memo`); every other check runs each time.
+//! - Service tokens (`client_credentials.rs`): the `client_credentials`
+//!   grant (RFC 6749 §4.4) for service scopes such as `ssf.manage` /
+//!   `ssf.read`, client assertion only (a JWT-SVID whose SPIFFE ID a
+//!   [`ServiceScopeRule`] names, or a registered `private_key_jwt` client),
+//!   five-minute Bearer `at+jwt` tokens marked `gty: client_credentials`,
+//!   no refresh token; [`Sts::verify_service_token`] for the APIs they
+//!   open (`insufficient_scope` → 403).
+//! - The risk gate (`risk.rs`): [`RiskGate`], installed by the binary with
+//!   [`Sts::set_risk_gate`], is the W1–W5 ladder's word on a session's
+//!   level and a restricted (W4) user: a restricted user gets no exchange
+//!   and no refresh, a W2 session no refresh (sign in again: the step-up),
+//!   and the exchange's Cedar `risk_level` is at least what the session's
+//!   level implies (W2 medium, W3+ high; the default policy then keeps
+//!   tier-1 reads only, unless `step_up`). Signing in is never blocked.
 //! - RAR, RFC 9396 (`rar.rs`): registered types with JSON Schemas.
 //! - Cedar policy at issuance (`policy.rs`, `policies/`): atomic reloads,
 //!   an invalid set is refused and the old one stays in force; a polling
@@ -61,7 +75,8 @@
 //!   through a per-family record of issued access tokens.
 //! - `http.rs` (the only module that knows axum): `/login` (plain HTML form,
 //!   double-submit CSRF cookie), `/oauth2/authorize`, `/oauth2/token`
-//!   (token exchange, `authorization_code`, `refresh_token`),
+//!   (token exchange, `authorization_code`, `refresh_token`,
+//!   `client_credentials`),
 //!   `/oauth2/userinfo`, `/oauth2/logout`, `/oauth2/introspect`,
 //!   `/oauth2/revoke`, `/oauth2/jwks`, `/oauth2/consume`,
 //!   `/.well-known/oauth-authorization-server`,
@@ -105,8 +120,11 @@
 //! - `tls_client_auth` / `self_signed_tls_client_auth` (RFC 8705 §2) client
 //!   authentication: an mTLS client certificate binds tokens but does not
 //!   authenticate the client.
-//! - Risk level, approvals and step-up as decision inputs come from the
-//!   caller ([`ExchangeContext`]); wiring them to signals and approvals.
+//! - Approvals and step-up as decision inputs come from the caller
+//!   ([`ExchangeContext`]); the risk level is the higher of the caller's and
+//!   the risk gate's (none until the binary installs one).
+//! - `client_credentials` ignores a `DPoP` header (service tokens are
+//!   Bearer) and its tokens carry no `cnf`.
 //! - `/api/consents` sits in the STS router while DESIGN.md gives `/api/*`
 //!   to the console: when `keyless-console` lands, it must not route the
 //!   same paths (or should take these over, calling
@@ -118,6 +136,7 @@
 //!   require it; the trust domain of `sub` and our JWT keys are checked).
 
 mod client_auth;
+mod client_credentials;
 mod config;
 mod db;
 pub mod dpop;
@@ -131,14 +150,18 @@ mod mtls;
 mod oidc;
 pub mod policy;
 pub mod rar;
+mod risk;
 mod service;
 mod signin;
 mod token;
 
 pub use client_auth::{CLIENT_ASSERTION_TYPE_JWT_BEARER, MAX_ASSERTION_LIFETIME};
+pub use client_credentials::{
+    ClientCredentialsRequest, GRANT_TYPE_CLIENT_CREDENTIALS, MAX_SERVICE_TOKEN_TTL, ServiceCaller,
+};
 pub use config::{
     CONSOLE_CLIENT_ID, ClientRegistration, JwtClientRegistration, MAX_OBO_TTL, MIN_OBO_TTL,
-    PasswordHashCost, PublicClient, ResourceServer, StsConfig,
+    PasswordHashCost, PublicClient, ResourceServer, ServiceScopeRule, StsConfig,
 };
 pub use db::Consent;
 pub use error::StsError;
@@ -149,11 +172,13 @@ pub use exchange::{
 pub use maintenance::{MaintenanceReport, STS_KEY_REMOVED};
 pub use mtls::PeerSvid;
 pub use oidc::{AuthorizeRequest, CodeGrant, TokenResponse};
+pub use risk::RiskGate;
 pub use service::{
     AuthenticatedClient, CLIENT_ASSERTION_TYPE_JWT_SPIFFE, IssuedToken, Sts, UserTokenRequest,
     kinds,
 };
 pub use signin::{MIN_PASSWORD_LEN, NewSession, Session, User};
 pub use token::{
-    ACCESS_TOKEN_TYP, AccessTokenClaims, Actor, Confirmation, IdTokenClaims, MayAct, StringList,
+    ACCESS_TOKEN_TYP, AccessTokenClaims, Actor, Confirmation, GTY_CLIENT_CREDENTIALS,
+    IdTokenClaims, MayAct, StringList,
 };

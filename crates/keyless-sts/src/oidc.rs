@@ -325,6 +325,13 @@ impl Sts {
         if f.client_id != client_id {
             return Err(grant("refresh token was issued to another client"));
         }
+        // The risk ladder, checked before rotation so that a refused
+        // refresh does not spend the token (a retry is not reuse); a token
+        // already rotated goes on to reuse detection instead.
+        let used_at: i64 = row.try_get("used_at")?;
+        if used_at == 0 {
+            self.refresh_risk_check(&f).await?;
+        }
         let rotated = sqlx::query(
             "UPDATE sts_refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at = 0",
         )
@@ -359,6 +366,31 @@ impl Sts {
         }
         self.issue_for_family(&family_id, &f, None, None, false)
             .await
+    }
+
+    /// Refuses a refresh when the session is at W2 or above (the user must
+    /// sign in again: that is the step-up) or the user is restricted (W4);
+    /// either refusal is a `token.denied` event.
+    async fn refresh_risk_check(&self, f: &Family) -> Result<(), StsError> {
+        let reason = if self.subject_restricted(&f.user_id) {
+            crate::risk::RESTRICTED_REASON
+        } else if self.session_risk_level(Some(&f.sid)) >= crate::risk::STEP_UP_LEVEL {
+            "step-up required: sign in again (risk ladder W2)"
+        } else {
+            return Ok(());
+        };
+        self.events
+            .record(
+                Event::new(kinds::TOKEN_DENIED, Outcome::Denied)
+                    .user(f.user_id.clone())
+                    .session(f.sid.clone())
+                    .reason(reason)
+                    .detail("grant_type", "refresh_token")
+                    .detail("client_id", f.client_id.clone())
+                    .detail("error", "invalid_grant"),
+            )
+            .await?;
+        Err(grant(reason))
     }
 
     async fn family(&self, family: &str) -> Result<Option<Family>, StsError> {
@@ -529,7 +561,7 @@ impl Sts {
         let claims = self
             .verify_access_token(access_token, Some(&self.config.issuer))
             .await?;
-        if claims.is_obo() || !self.token_live(&claims).await? {
+        if claims.is_obo() || claims.is_service() || !self.token_live(&claims).await? {
             return Err(StsError::InvalidToken("the token is not active".into()));
         }
         let mut out = serde_json::Map::new();

@@ -29,6 +29,11 @@ const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// Event types of the STS.
 pub mod kinds {
     pub const TOKEN_ISSUED: &str = "token.issued";
+    /// A `client_credentials` or `refresh_token` request refused (the
+    /// token exchange has its own `token_exchange.denied`).
+    pub const TOKEN_DENIED: &str = "token.denied";
+    /// A `client_credentials` request that failed on our side.
+    pub const TOKEN_ERROR: &str = "token.error";
     pub const TOKEN_EXCHANGE_SUCCESS: &str = "token_exchange.success";
     pub const TOKEN_EXCHANGE_DENIED: &str = "token_exchange.denied";
     pub const TOKEN_EXCHANGE_ERROR: &str = "token_exchange.error";
@@ -126,6 +131,8 @@ pub struct Sts {
     memo: keyless_identity::memo::SignatureMemo,
     /// Session, token and consent facts read for exchanges (`live.rs`).
     pub(crate) live: crate::live::LiveCache,
+    /// The W1–W5 ladder's view of sessions and users (`risk.rs`).
+    pub(crate) risk_gate: RwLock<Option<Arc<dyn crate::RiskGate>>>,
 }
 
 // === impl Sts ===
@@ -183,6 +190,7 @@ impl Sts {
             dummy_hash: std::sync::OnceLock::new(),
             memo: keyless_identity::memo::SignatureMemo::default(),
             live: crate::live::LiveCache::new(cache_alone),
+            risk_gate: RwLock::new(None),
         });
         sts.reload_keys().await?;
         if !cache_alone {
@@ -418,6 +426,7 @@ impl Sts {
             act: None,
             authorization_details,
             cnf: None,
+            gty: None,
         };
         let token = self.sign(&claims)?;
         let mut event = Event::new(kinds::TOKEN_ISSUED, Outcome::Success)

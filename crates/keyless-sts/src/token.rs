@@ -125,7 +125,15 @@ pub struct AccessTokenClaims {
     /// the client certificate (RFC 8705) a presenter must prove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// The grant that issued a service token: `client_credentials`
+    /// ([`GTY_CLIENT_CREDENTIALS`]). Absent from user and OBO tokens, so a
+    /// service token never passes for a user's, and the other way round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gty: Option<String>,
 }
+
+/// `gty` of a token issued by the `client_credentials` grant.
+pub const GTY_CLIENT_CREDENTIALS: &str = "client_credentials";
 
 /// `cnf` of a sender-constrained token. A resource server must check every
 /// member present: a token bound to both a DPoP key and a certificate needs
@@ -151,6 +159,11 @@ impl AccessTokenClaims {
     /// Whether this token came out of a token exchange.
     pub fn is_obo(&self) -> bool {
         self.act.is_some()
+    }
+    /// Whether this is a service token of the `client_credentials` grant
+    /// (a workload's own token: no user, no session, no actor).
+    pub fn is_service(&self) -> bool {
+        self.gty.as_deref() == Some(GTY_CLIENT_CREDENTIALS)
     }
     /// Who the user is for events: the email when known, else the subject.
     pub fn user_label(&self) -> &str {

@@ -119,12 +119,35 @@ fn transfers_above_the_limit_need_step_up() {
 }
 
 #[test]
-fn high_risk_sessions_and_unknown_tiers_are_denied() {
+fn high_risk_sessions_keep_reads_only_until_step_up_and_unknown_tiers_are_denied() {
     let p = LoadedPolicies::defaults().unwrap();
-    let mut risky = input("read", 1);
-    risky.risk_level = "high".into();
-    let (ids, _) = denied(p.decide(&risky));
-    assert_eq!(ids, ["high-risk-session"]);
+    let risky = |action: &str, tier: u8, step_up: bool| DecisionInput {
+        risk_level: "high".into(),
+        step_up,
+        ..input(action, tier)
+    };
+    assert_eq!(
+        p.decide(&risky("read", 1, false)),
+        PolicyDecision::Allow {
+            policies: vec!["tier-1-read".into()]
+        }
+    );
+    for (action, tier) in [("update", 2), ("disable_user", 3)] {
+        let (ids, reason) = denied(p.decide(&risky(action, tier, false)));
+        assert_eq!(ids, ["high-risk-session"], "{action}");
+        assert!(reason.contains("only reads are allowed"), "{reason}");
+        assert!(
+            matches!(
+                p.decide(&risky(action, tier, true)),
+                PolicyDecision::Allow { .. }
+            ),
+            "{action} after step-up"
+        );
+    }
+    // Medium risk restricts nothing by itself.
+    let mut medium = input("update", 2);
+    medium.risk_level = "medium".into();
+    assert!(matches!(p.decide(&medium), PolicyDecision::Allow { .. }));
     // No permit matches tier 0: default deny, said as such.
     let (ids, reason) = denied(p.decide(&input("read", 0)));
     assert!(ids.is_empty());

@@ -751,6 +751,41 @@ async fn logout_redirects_only_to_registered_uris() {
 }
 
 #[tokio::test]
+async fn logout_by_post_with_an_empty_body_is_a_logout_without_parameters() {
+    let (f, _) = fixture().await;
+    for content_type in [None, Some("application/x-www-form-urlencoded")] {
+        let (code, session) = sign_in(&f).await;
+        let at = token(&f, code_form(&code, VERIFIER)).await.json()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut r = Request::post("/oauth2/logout").header(header::COOKIE, &session);
+        if let Some(ct) = content_type {
+            r = r.header(header::CONTENT_TYPE, ct);
+        }
+        let r = send(&f, r.body(Body::empty()).unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK, "{content_type:?}: {}", r.body);
+        assert!(r.body.contains("signed out"), "{}", r.body);
+        assert!(r.set_cookie_attrs("keyless_session").contains("Max-Age=0"));
+        assert_eq!(
+            introspect(&f, &at).await,
+            serde_json::json!({"active": false}),
+            "the session ended"
+        );
+    }
+    // A body that is there must still be a form.
+    let r = send(
+        &f,
+        Request::post("/oauth2/logout")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn discovery_documents() {
     let (f, _) = fixture().await;
     let oidc = send(&f, get("/.well-known/openid-configuration", None))

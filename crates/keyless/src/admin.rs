@@ -29,6 +29,9 @@ pub struct AdminState {
     pub sts: Arc<Sts>,
     pub secrets: Arc<Secrets>,
     pub gateway: Arc<keyless_gateway::Gateway>,
+    pub transmitter: Arc<keyless_signals::transmitter::Transmitter>,
+    pub receiver: Arc<keyless_signals::receiver::Receiver>,
+    pub risk: Arc<keyless_signals::risk::RiskEngine>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -39,6 +42,19 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/users", post(add_user))
         .route("/v1/tools", get(list_tools))
         .route("/v1/tools/{name}/approve", post(approve_tool))
+        .route(
+            "/v1/signals/streams",
+            get(crate::signals::admin_list_streams).post(crate::signals::admin_create_stream),
+        )
+        .route(
+            "/v1/signals/subscriptions",
+            get(crate::signals::admin_list_subscriptions).post(crate::signals::admin_subscribe),
+        )
+        .route("/v1/signals/reviews", get(crate::signals::admin_reviews))
+        .route(
+            "/v1/signals/reviews/{id}/resolve",
+            post(crate::signals::admin_resolve_review),
+        )
         .route("/v1/consents", get(list_consents))
         .route("/v1/consents/{id}", delete(revoke_consent))
         .route("/v1/secrets/policies", get(secrets_list_policies))
@@ -80,7 +96,7 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 

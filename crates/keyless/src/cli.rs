@@ -56,6 +56,65 @@ pub enum Command {
     /// The MCP gateway's pinned tool definitions.
     #[command(subcommand)]
     Tools(ToolsCommand),
+    /// Shared Signals (SSF/CAEP): streams, subscriptions, and the risk
+    /// ladder's review items.
+    #[command(subcommand)]
+    Signals(SignalsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SignalsCommand {
+    /// Receive SETs from the SSF transmitter at URL (its issuer): its keys
+    /// are fetched and trusted from now on. With --token (an `ssf.manage`
+    /// bearer of the transmitter's STS) a stream is created there;
+    /// otherwise the transmitter's operator creates one pushing to this
+    /// fabric's `/ssf/push` with this fabric's URL as audience.
+    Subscribe {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// The transmitter's issuer URL.
+        url: String,
+        /// `push` (to our `/ssf/push`) or `poll` (needs --token).
+        #[arg(long, default_value = "push")]
+        delivery: String,
+        /// The stream at the transmitter, when it exists already.
+        #[arg(long)]
+        stream_id: Option<String>,
+        /// Bearer token for the transmitter's management and poll endpoints.
+        #[arg(long, env = "KEYLESS_SSF_TOKEN")]
+        token: Option<String>,
+    },
+    /// List this fabric's transmitter streams (with pending SETs) and the
+    /// transmitters it subscribes to.
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Create a push stream from this fabric's transmitter to a receiver.
+    Push {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// The receiver's push endpoint.
+        endpoint_url: String,
+        /// The audience of the SETs (the receiver's identifier).
+        #[arg(long)]
+        aud: String,
+        /// Event types to deliver (default: every CAEP event).
+        #[arg(long = "event")]
+        events: Vec<String>,
+    },
+    /// Review items the risk ladder opened (W4: the subject gets no new
+    /// tokens until resolved).
+    Reviews {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Resolve a review item: lifts the W4 restriction of its subject.
+    Resolve {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +181,10 @@ pub struct UpArgs {
     /// the demo tool servers `directory` and `bank`).
     #[arg(long, env = config::ENV_GATEWAY_CONFIG)]
     pub gateway_config: Option<PathBuf>,
+    /// The risk ladder's thresholds, decay and detector weights (TOML;
+    /// default: thresholds 1..5, half-life 15m, every detector weight 1).
+    #[arg(long, env = config::ENV_RISK_CONFIG)]
+    pub risk_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +250,10 @@ pub struct SvidFetchArgs {
     /// Fetch a JWT-SVID for this audience (repeatable) and print it.
     #[arg(long)]
     pub audience: Vec<String>,
+    /// With --audience: the SPIFFE ID to fetch, when several entries
+    /// match this process (default: the first).
+    #[arg(long, requires = "audience")]
+    pub spiffe_id: Option<String>,
     /// Directory for svid.pem, svid.key and bundle.pem.
     #[arg(long, default_value = ".")]
     pub out: PathBuf,

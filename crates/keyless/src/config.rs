@@ -27,6 +27,7 @@ pub const ENV_OPENBAO_ADDR: &str = "KEYLESS_OPENBAO_ADDR";
 pub const ENV_OPENBAO_ROLE: &str = "KEYLESS_OPENBAO_ROLE";
 pub const ENV_OPENBAO_AUDIENCE: &str = "KEYLESS_OPENBAO_AUDIENCE";
 pub const ENV_GATEWAY_CONFIG: &str = "KEYLESS_GATEWAY_CONFIG";
+pub const ENV_RISK_CONFIG: &str = "KEYLESS_RISK_CONFIG";
 
 pub const DEFAULT_DATA_DIR: &str = ".keyless";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
@@ -55,6 +56,9 @@ pub struct FileConfig {
     /// The MCP gateway's upstreams and tool catalog (TOML, see
     /// `keyless_gateway::config`); default: the demo tool servers.
     pub gateway_config: Option<PathBuf>,
+    /// The risk ladder's thresholds, decay and detector weights (TOML, see
+    /// `keyless_signals::risk::RiskConfig`); default: built in.
+    pub risk_config: Option<PathBuf>,
 }
 
 /// `[secrets]`: the secrets broker's backend.
@@ -122,6 +126,8 @@ pub struct Config {
     pub openbao_audience: Option<String>,
     /// `None`: the demo catalog.
     pub gateway_config: Option<PathBuf>,
+    /// `None`: the built-in ladder settings.
+    pub risk_config: Option<PathBuf>,
 }
 
 /// Parses a duration such as `10s`, `5m`, `1h`; a clear error otherwise.
@@ -202,6 +208,7 @@ impl Config {
                 .clone()
                 .or(file.secrets.openbao_audience),
             gateway_config: args.gateway_config.clone().or(file.gateway_config),
+            risk_config: args.risk_config.clone().or(file.risk_config),
         })
     }
 
@@ -296,6 +303,7 @@ mod tests {
             openbao_role: role.map(Into::into),
             openbao_audience: None,
             gateway_config: None,
+            risk_config: None,
         }
     }
 

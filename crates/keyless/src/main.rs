@@ -12,6 +12,7 @@ mod config;
 mod http;
 mod internal;
 mod pem;
+mod signals;
 mod tls;
 mod up;
 

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::config::{self, Config};
-use crate::{CliError, CliResult, admin, http, internal};
+use crate::{CliError, CliResult, admin, http, internal, signals};
 
 /// The gateway's client id at the STS.
 const GATEWAY_CLIENT_ID: &str = "keyless-gateway";
@@ -192,6 +192,17 @@ pub async fn run(args: UpArgs) -> CliResult {
         uri: format!("{public_url}/mcp"),
     });
     sts_config.mtls_base_url = mtls_listener.as_ref().map(|(_, url)| url.clone());
+    // Workloads under `spiffe://<td>/ssf` are SSF receivers: they may get
+    // stream management and poll tokens with their JWT-SVID.
+    sts_config
+        .service_scopes
+        .push(keyless_sts::ServiceScopeRule {
+            spiffe_id_prefix: format!("spiffe://{trust_domain}{}", signals::SSF_CLIENTS_PATH),
+            scopes: vec![
+                keyless_signals::http::SCOPE_MANAGE.into(),
+                keyless_signals::http::SCOPE_READ.into(),
+            ],
+        });
     // Cedar policies: `<data-dir>/policies` unless configured, seeded with
     // the built-in set on first start so operators have files to edit. An
     // invalid set refuses the start (a running fabric keeps its last valid
@@ -260,6 +271,61 @@ pub async fn run(args: UpArgs) -> CliResult {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    // Shared Signals: the transmitter (SETs signed with its own key), the
+    // receiver (`/ssf/push`, subscriptions), and the risk ladder, whose
+    // levels the STS consults on every exchange and refresh.
+    let set_key = match keys.load(signals::SET_KEY_NAME).await {
+        Ok(k) => k,
+        Err(_) => keys
+            .generate(
+                signals::SET_KEY_NAME,
+                keyless_store::KeyAlgorithm::EcdsaP256,
+            )
+            .await
+            .context("cannot create the SET signing key")?,
+    };
+    let transmitter = keyless_signals::transmitter::Transmitter::new(
+        store.clone(),
+        audit.clone(),
+        keyless_signals::set::SetSigner::new(set_key, public_url.clone())
+            .map_err(|e| anyhow::anyhow!("the SET signing key: {e}"))?,
+        keyless_signals::transmitter::TransmitterConfig::new(public_url.clone()),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the SSF transmitter: {e}"))?;
+    let push_worker = transmitter.spawn_push_worker();
+    let receiver = keyless_signals::receiver::Receiver::open(
+        store.clone(),
+        audit.clone(),
+        Arc::new(signals::LocalCaep { sts: sts.clone() }),
+        public_url.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot open the SSF receiver: {e}"))?;
+    let risk_config = match &config.risk_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the risk config `{}`", path.display()))?;
+            let c: keyless_signals::risk::RiskConfig = toml::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            c.validate()
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            c
+        }
+        None => keyless_signals::risk::RiskConfig::default(),
+    };
+    let risk = keyless_signals::risk::RiskEngine::open(store.clone(), risk_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the risk engine: {e}"))?;
+    sts.set_risk_gate(Arc::new(signals::LadderGate {
+        engine: risk.clone(),
+    }));
+    let ladder = keyless_signals::ladder::Ladder::new(
+        risk.clone(),
+        transmitter.clone(),
+        Arc::new(signals::StsSessions { sts: sts.clone() }),
+        audit.clone(),
+    );
+
     // The MCP gateway and, behind it, the demo tool servers.
     let demo_dir = data_dir.join("demo");
     std::fs::create_dir_all(&demo_dir).context("cannot create the demo dir")?;
@@ -299,6 +365,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     })
     .await
     .context("cannot start the mcp gateway")?;
+    gateway.set_ladder(ladder.clone());
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -330,6 +397,9 @@ pub async fn run(args: UpArgs) -> CliResult {
         sts: sts.clone(),
         secrets: secrets.clone(),
         gateway: gateway.clone(),
+        transmitter: transmitter.clone(),
+        receiver: receiver.clone(),
+        risk: risk.clone(),
     });
     let admin_task = {
         let stop = shutdown(shutdown_rx.clone());
@@ -348,6 +418,11 @@ pub async fn run(args: UpArgs) -> CliResult {
         started,
     })
     .merge(keyless_gateway::http::router(gateway.clone()))
+    .merge(keyless_signals::http::transmitter_router(
+        transmitter.clone(),
+        Arc::new(signals::StsAuthorizer { sts: sts.clone() }),
+    ))
+    .merge(keyless_signals::http::receiver_router(receiver.clone()))
     .merge(demo_routes);
     let mtls_router = mtls_listener.as_ref().map(|_| router.clone());
     let http_task = {
@@ -390,6 +465,9 @@ pub async fn run(args: UpArgs) -> CliResult {
         tracing::warn!(upstream = %name, "mcp upstream not connected yet; retrying in the background");
     }
     let demo_logins = demo_users(&sts).await?;
+    // Keyless receives from its own transmitter too: a push stream to our
+    // own `/ssf/push`, created once.
+    signals::subscribe_self(&transmitter, &receiver, &public_url).await?;
 
     let abs_socket = std::fs::canonicalize(&workload_socket).unwrap_or(workload_socket.clone());
     println!("Keyless is up (trust domain {trust_domain})");
@@ -429,6 +507,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     }
     let _ = admin_task.await;
     let _ = lease_worker.await;
+    push_worker.abort();
     let _ = workload_task.await;
     policy_watch.abort();
     let _ = sts_maintenance.await;

@@ -4,6 +4,7 @@ mod audit;
 mod entry;
 mod policy;
 mod secrets;
+mod signals;
 mod svid;
 mod tools;
 mod user;
@@ -38,5 +39,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Consent(c) => user::run_consent(c).await,
         Command::Secrets(c) => secrets::run(c).await,
         Command::Tools(c) => tools::run(c).await,
+        Command::Signals(c) => signals::run(c).await,
     }
 }

@@ -49,7 +49,7 @@ async fn fetch(args: SvidFetchArgs) -> CliResult {
         let reply = client
             .fetch_jwtsvid(request(JwtsvidRequest {
                 audience: args.audience.clone(),
-                spiffe_id: String::new(),
+                spiffe_id: args.spiffe_id.clone().unwrap_or_default(),
             }))
             .await
             .map_err(status_error)?
