@@ -270,6 +270,33 @@ def test_client_credentials_refuses_unauthorized_clients_and_scopes(fabric, own_
     listed = requests.get(f"{base}/ssf/stream", headers={"Authorization": f"Bearer {tok}"}, timeout=TIMEOUT)
     assert listed.status_code == 200 and listed.json() == [], listed.text
 
+    # Poll delivery with real tokens: a manage token creates the stream, the
+    # read token polls, acknowledges, and gets nothing more.
+    svid = fabric.cli("svid", "fetch", "--audience", base, "--spiffe-id", RECEIVER_ID).ok().stdout.strip()
+    manage = requests.post(f"{base}/oauth2/token", data={**data, "client_assertion": svid, "scope": "ssf.manage"}, timeout=TIMEOUT)
+    assert manage.status_code == 200, manage.text
+    mauth = {"Authorization": f"Bearer {manage.json()['access_token']}"}
+    created = requests.post(f"{base}/ssf/stream", json={"events_requested": [VERIFICATION]}, headers=mauth, timeout=TIMEOUT)
+    assert created.status_code == 201, created.text
+    stream = created.json()
+    assert stream["delivery"]["method"] == "urn:ietf:rfc:8936", stream
+    poll_url = stream["delivery"]["endpoint_url"]
+    assert requests.post(f"{base}/ssf/verify", json={"stream_id": stream["stream_id"], "state": "s1"}, headers=mauth, timeout=TIMEOUT).status_code == 204
+    rauth = {"Authorization": f"Bearer {tok}"}
+    polled = requests.post(poll_url, json={"returnImmediately": True}, headers=rauth, timeout=TIMEOUT)
+    assert polled.status_code == 200, polled.text
+    sets = polled.json()["sets"]
+    assert len(sets) == 1, sets
+    (jti, set_jwt), = sets.items()
+    jwks = jwt.PyJWKClient(f"{base}/ssf/jwks")
+    c = jwt.decode(set_jwt, jwks.get_signing_key_from_jwt(set_jwt).key, algorithms=["ES256"], audience=RECEIVER_ID,
+                   issuer=base, options={"verify_exp": False})
+    assert c["jti"] == jti and c["events"][VERIFICATION]["state"] == "s1", c
+    acked = requests.post(poll_url, json={"returnImmediately": True, "ack": [jti]}, headers=rauth, timeout=TIMEOUT)
+    assert acked.status_code == 200 and acked.json()["sets"] == {}, acked.text
+    # The manage token cannot poll (it lacks ssf.read).
+    assert requests.post(poll_url, json={}, headers=mauth, timeout=TIMEOUT).status_code == 403
+
 
 def test_fabric_push_endpoint_refuses_unknown_transmitters(fabric):
     # A well-formed SET from an issuer this fabric never subscribed to.
@@ -285,3 +312,35 @@ def test_fabric_push_endpoint_refuses_unknown_transmitters(fabric):
     )
     assert resp.status_code == 400, resp.text
     assert resp.json()["err"] == "invalid_issuer", resp.text
+
+
+def test_sts_policy_denials_count_on_the_ladder(fabric, own_uid_selector):
+    """An agent that asks the STS itself (not through the gateway) for a
+    token policy forbids is an anomaly too."""
+    gw = open_gateway(fabric, own_uid_selector)
+    actor = fabric.fetch_jwt(fabric.base_url)
+    resp = requests.post(
+        f"{fabric.base_url}/oauth2/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": gw.user_token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "actor_token": actor,
+            "actor_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "audience": "directory",
+            "authorization_details": json.dumps(
+                [{"type": "directory_admin", "actions": ["delete_user"], "identifier": "dave@example.com"}]
+            ),
+        },
+        timeout=TIMEOUT,
+    )
+    assert resp.status_code in (400, 403), resp.text
+    assert resp.json()["error"] == "access_denied", resp.text
+    sid = claims(gw.user_token)["sid"]
+
+    def warned():
+        return [e for e in audit_events(fabric) if e["type"] == "risk.warning" and e.get("session") == sid]
+
+    got = wait_until(warned, 10, 0.05, "a risk.warning for the STS denial")
+    assert got[0]["detail"]["level"] == "W1", got
+    assert "policy_denied" in json.dumps(got[0]["detail"]["anomalies"]).lower(), got

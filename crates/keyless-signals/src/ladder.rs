@@ -121,7 +121,7 @@ impl Ladder {
         let anomalies: Vec<Value> = a
             .anomalies
             .iter()
-            .map(|x| json!({"detector": format!("{:?}", x.detector), "detail": x.detail}))
+            .map(|x| json!({"detector": x.detector.as_str(), "detail": x.detail}))
             .collect();
         let effect = match level {
             1 => "inline caution",

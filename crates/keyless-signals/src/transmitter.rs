@@ -407,7 +407,9 @@ impl Transmitter {
                         Value::Null => None,
                         Value::String(s) if s.len() <= 1024 => Some(s.clone()),
                         _ => {
-                            return Err(bad("`description` must be a string of at most 1024 bytes"));
+                            return Err(bad(
+                                "`description` must be a string of at most 1024 bytes",
+                            ));
                         }
                     }
                 }

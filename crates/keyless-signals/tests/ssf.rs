@@ -116,6 +116,12 @@ fn fast(issuer: &str) -> TransmitterConfig {
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    let rstore = Store::open_sqlite(&dir.path().join("r.db")).await.unwrap();
+    world_on(dir, store, rstore).await
+}
+
+/// The transmitter on `store`, the receiver on `rstore`.
+async fn world_on(dir: tempfile::TempDir, store: Store, rstore: Store) -> World {
     let keys = FileKeyManager::open(&dir.path().join("keys")).unwrap();
     let key = keys.generate("set", KeyAlgorithm::EcdsaP256).await.unwrap();
     let events = Arc::new(MemorySink::default());
@@ -133,7 +139,6 @@ async fn world() -> World {
         axum::serve(l, router).await.unwrap();
     });
 
-    let rstore = Store::open_sqlite(&dir.path().join("r.db")).await.unwrap();
     let recorder = Arc::new(Recorder::default());
     let receiver = Receiver::open(rstore, events.clone(), recorder.clone(), RECEIVER_AUD)
         .await
@@ -850,4 +855,90 @@ async fn receiver_refuses_bad_sets_with_rfc8935_codes() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     let _ = &w.receiver;
+}
+
+#[tokio::test]
+async fn push_poll_and_replay_work_on_postgres() {
+    let (Some(t), Some(r)) = (
+        keyless_store::testing::fresh_postgres_database("ssf_transmitter").await,
+        keyless_store::testing::fresh_postgres_database("ssf_receiver").await,
+    ) else {
+        return;
+    };
+    let w = world_on(
+        tempfile::tempdir().unwrap(),
+        Store::open(&t).await.unwrap(),
+        Store::open(&r).await.unwrap(),
+    )
+    .await;
+    let id = w.push_stream().await;
+    w.receiver_up.store(false, Ordering::SeqCst);
+    for i in 0..3 {
+        w.revoke(&format!("pg{i}@example.com")).await;
+    }
+    assert_eq!(w.transmitter.pending(&Owner::Admin, &id).await.unwrap(), 3);
+    w.receiver_up.store(true, Ordering::SeqCst);
+    assert_eq!(
+        w.wait_seen(3).await,
+        ["pg0@example.com", "pg1@example.com", "pg2@example.com"]
+    );
+    w.transmitter
+        .set_subject(
+            &Owner::Admin,
+            &id,
+            &subject::email("pg0@example.com"),
+            false,
+        )
+        .await
+        .unwrap();
+
+    let (s, created) = w
+        .call(
+            reqwest::Method::POST,
+            "/ssf/stream",
+            "a:ssf.manage",
+            Some(json!({"events_requested": caep::CAEP_EVENTS})),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let path = format!(
+        "/ssf/poll?stream_id={}",
+        created["stream_id"].as_str().unwrap()
+    );
+    w.revoke("pg3@example.com").await;
+    let (_, polled) = w
+        .call(
+            reqwest::Method::POST,
+            &path,
+            "a:ssf.read",
+            Some(json!({"returnImmediately": true})),
+        )
+        .await;
+    let jtis: Vec<String> = polled["sets"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(jtis.len(), 1, "{polled}");
+    let (_, empty) = w
+        .call(
+            reqwest::Method::POST,
+            &path,
+            "a:ssf.read",
+            Some(json!({"returnImmediately": true, "ack": jtis})),
+        )
+        .await;
+    assert_eq!(empty["sets"], json!({}));
+
+    let header = json!({"alg": "ES256", "typ": "secevent+jwt", "kid": w.kid()});
+    let token = w.forge(
+        header,
+        json!({
+            "iss": w.issuer, "jti": "pg-replay", "iat": 1, "aud": RECEIVER_AUD,
+            "sub_id": subject::email("x@example.com"), "events": {caep::SESSION_REVOKED: {}},
+        }),
+    );
+    assert_eq!(w.push_raw(&token).await.0, 202);
+    assert_eq!(w.push_raw(&token).await.0, 400);
 }

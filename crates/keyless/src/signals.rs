@@ -353,3 +353,63 @@ pub async fn admin_resolve_review(
         Err(e) => admin::error(StatusCode::NOT_FOUND, e),
     }
 }
+
+// --- STS anomalies ---
+
+/// Feeds the ladder the STS's own policy denials: an agent calling
+/// `/oauth2/token` itself and being refused is an anomaly like a refused
+/// call through the gateway (which reports its own). Read from the audit
+/// log's live bus, so the STS does not depend on the ladder.
+pub fn spawn_sts_feed(
+    audit: Arc<keyless_audit::AuditLog>,
+    ladder: Arc<keyless_signals::ladder::Ladder>,
+    sts: Arc<Sts>,
+    gateway_client_id: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let mut bus = audit.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let entry = match bus.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "risk feed: the audit bus ran ahead");
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let e = &entry.event;
+            let detail = |k: &str| e.detail.get(k).and_then(Value::as_str);
+            if e.kind != keyless_sts::kinds::TOKEN_EXCHANGE_DENIED
+                || detail("error") != Some("access_denied")
+                || detail("client_id") == Some(gateway_client_id)
+                || e.reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("risk ladder"))
+            {
+                continue;
+            }
+            let (Some(label), Some(sid)) = (&e.user, &e.session) else {
+                continue;
+            };
+            let user = match sts.find_user(label).await {
+                Ok(Some(u)) => u,
+                _ => match sts.user_by_id(label).await {
+                    Ok(Some(u)) => u,
+                    _ => continue,
+                },
+            };
+            let mut obs = keyless_signals::risk::Observation::call(
+                user.id.clone(),
+                sid.clone(),
+                e.tool.clone().unwrap_or_else(|| "oauth2/token".into()),
+            );
+            obs.user_email = Some(user.email.clone());
+            obs.kind = keyless_signals::risk::ObservationKind::PolicyDenied {
+                reason: e.reason.clone().unwrap_or_default(),
+            };
+            if let Err(err) = ladder.observe(&obs).await {
+                tracing::error!(error = %err, "risk feed: observing an STS denial failed");
+            }
+        }
+    })
+}

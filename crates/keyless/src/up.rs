@@ -366,6 +366,12 @@ pub async fn run(args: UpArgs) -> CliResult {
     .await
     .context("cannot start the mcp gateway")?;
     gateway.set_ladder(ladder.clone());
+    let sts_feed = signals::spawn_sts_feed(
+        audit.clone(),
+        ladder.clone(),
+        sts.clone(),
+        GATEWAY_CLIENT_ID,
+    );
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -508,6 +514,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     let _ = admin_task.await;
     let _ = lease_worker.await;
     push_worker.abort();
+    sts_feed.abort();
     let _ = workload_task.await;
     policy_watch.abort();
     let _ = sts_maintenance.await;
