@@ -17,6 +17,7 @@ operator (`keyless signals push`).
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -344,3 +345,27 @@ def test_sts_policy_denials_count_on_the_ladder(fabric, own_uid_selector):
     got = wait_until(warned, 10, 0.05, "a risk.warning for the STS denial")
     assert got[0]["detail"]["level"] == "W1", got
     assert "policy_denied" in json.dumps(got[0]["detail"]["anomalies"]).lower(), got
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('half_lfe = "15m"', "unknown field"),
+        ("thresholds = [3.0, 2.0, 1.0, 4.0, 5.0]", "threshold"),
+        ('[weights]\nnew_dest = 1', "new_dest"),
+    ],
+)
+def test_bad_risk_config_refuses_to_start(tmp_path, text, message):
+    from conftest import free_port, keyless_bin
+
+    cfg = tmp_path / "risk.toml"
+    cfg.write_text(text)
+    done = subprocess.run(
+        [str(keyless_bin()), "up", "--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{free_port()}",
+         "--risk-config", str(cfg)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    last = done.stderr.strip().splitlines()[-1]
+    assert str(cfg) in last and message in last, done.stderr
+    assert not (tmp_path / "d").exists(), "a refused start touched the data dir"

@@ -11,6 +11,23 @@
 //! - [`risk`] decides a session's level from anomaly signals; [`ladder`]
 //!   carries out each level's effect.
 //! - [`http`]: the SSF endpoints and `/ssf/push`.
+//!
+//! Not done yet:
+//! - W3 says "MFA mandatory": Keyless has no second factor yet, so W3 means
+//!   Cedar decides with `risk_level = high` (the default policy then lets
+//!   only tier-1 reads through without `step_up`, which nothing sets yet).
+//! - W4 "existing tokens are flagged": the subject's tokens are not marked;
+//!   they are useless through the gateway anyway (every call needs a new
+//!   exchange, which the STS refuses), but an access token keeps working at
+//!   userinfo until it expires.
+//! - Levels and restrictions are mirrored in each process's memory: another
+//!   replica sharing PostgreSQL sees a session's level when it next assesses
+//!   it, and a restriction after a restart (no LISTEN/NOTIFY fan-out yet).
+//! - A poll subscription's bearer token lives in memory only and is not
+//!   renewed: it polls until the token expires or the process restarts.
+//! - Push receivers are not authenticated beyond the SET itself (no
+//!   `Authorization` check on `/ssf/push`); stream `inactivity_timeout` and
+//!   `min_verification_interval` are accepted and ignored.
 
 pub mod caep;
 pub mod http;

@@ -54,6 +54,29 @@ pub async fn run(args: UpArgs) -> CliResult {
         })
         .transpose()?;
 
+    // The risk ladder's settings, also checked before the data dir is touched.
+    let risk_config = match &config.risk_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the risk config `{}`", path.display()))?;
+            let c: keyless_signals::risk::RiskConfig = toml::from_str(&text).map_err(|e| {
+                // One line: where, and what (toml's own text spans lines).
+                let line = e
+                    .span()
+                    .map(|r| text.get(..r.start).unwrap_or("").lines().count().max(1));
+                CliError::Usage(format!(
+                    "{}{}: {}",
+                    path.display(),
+                    line.map(|l| format!(" line {l}")).unwrap_or_default(),
+                    e.message().trim()
+                ))
+            })?;
+            c.validate()
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            c
+        }
+        None => keyless_signals::risk::RiskConfig::default(),
+    };
     let data_dir = prepare_data_dir(&config.data_dir)?;
     let keys: Arc<dyn KeyManager> = Arc::new(
         FileKeyManager::open(&data_dir.join("keys")).context("cannot open the key manager")?,
@@ -301,18 +324,6 @@ pub async fn run(args: UpArgs) -> CliResult {
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot open the SSF receiver: {e}"))?;
-    let risk_config = match &config.risk_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the risk config `{}`", path.display()))?;
-            let c: keyless_signals::risk::RiskConfig = toml::from_str(&text)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-            c.validate()
-                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-            c
-        }
-        None => keyless_signals::risk::RiskConfig::default(),
-    };
     let risk = keyless_signals::risk::RiskEngine::open(store.clone(), risk_config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the risk engine: {e}"))?;
