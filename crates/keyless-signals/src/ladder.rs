@@ -173,22 +173,23 @@ impl Ladder {
                 )
                 .await,
             5 => {
-                if let Err(err) = self
+                // Here and everywhere at once: the local revocation and the
+                // SETs to every receiver do not wait for each other.
+                let local = self
                     .sessions
-                    .revoke_user_sessions(&obs.user_sub, "risk ladder W5: kill switch")
-                    .await
-                {
+                    .revoke_user_sessions(&obs.user_sub, "risk ladder W5: kill switch");
+                let remote = self.transmitter.publish(
+                    &subject,
+                    caep::SESSION_REVOKED,
+                    json!({"event_timestamp": now, "initiating_entity": "policy",
+                           "reason_admin": reason}),
+                    Some(&obs.session_id),
+                );
+                let (local, remote) = tokio::join!(local, remote);
+                if let Err(err) = local {
                     tracing::error!(error = %err, "W5: revoking the user's sessions failed");
                 }
-                self.transmitter
-                    .publish(
-                        &subject,
-                        caep::SESSION_REVOKED,
-                        json!({"event_timestamp": now, "initiating_entity": "policy",
-                               "reason_admin": reason}),
-                        Some(&obs.session_id),
-                    )
-                    .await
+                remote
             }
             _ => Ok(0),
         };

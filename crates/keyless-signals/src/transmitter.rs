@@ -223,6 +223,34 @@ pub struct Transmitter {
     in_flight: Mutex<HashSet<String>>,
 }
 
+/// A signed SET on its way into the outbox.
+#[derive(Debug)]
+struct Queued {
+    stream_id: String,
+    jti: String,
+    event_type: String,
+    jwt: String,
+}
+
+async fn insert_outbox(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    q: &Queued,
+) -> Result<(), SsfError> {
+    let now = now_millis();
+    sqlx::query(
+        "INSERT INTO ssf_outbox (stream_id, jti, event_type, set_jwt, created_at, attempts, next_attempt_at, last_error, delivered_at, set_err) \
+         VALUES ($1, $2, $3, $4, $5, 0, $5, NULL, 0, NULL)",
+    )
+    .bind(&q.stream_id)
+    .bind(&q.jti)
+    .bind(&q.event_type)
+    .bind(&q.jwt)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn bad(m: impl Into<String>) -> SsfError {
     SsfError::BadRequest(m.into())
 }
@@ -684,9 +712,10 @@ impl Transmitter {
         txn: Option<&str>,
     ) -> Result<usize, SsfError> {
         subject::validate_subject(sub_id).map_err(|e| bad(format!("subject: {e}")))?;
-        let rows = sqlx::query("SELECT stream_id FROM ssf_streams WHERE status <> 'disabled'")
-            .fetch_all(self.store.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT stream_id, config FROM ssf_streams WHERE status <> 'disabled'")
+                .fetch_all(self.store.pool())
+                .await?;
         let removed: Vec<(String, String)> =
             sqlx::query("SELECT stream_id, subject FROM ssf_stream_subjects WHERE included = 0")
                 .fetch_all(self.store.pool())
@@ -694,13 +723,11 @@ impl Transmitter {
                 .iter()
                 .filter_map(|r| Some((r.try_get("stream_id").ok()?, r.try_get("subject").ok()?)))
                 .collect();
-        let mut n = 0;
+        let mut queued = Vec::new();
         for r in rows {
             let id: String = r.try_get("stream_id")?;
-            let Some((_, stream)) = self.load(&id).await? else {
-                continue;
-            };
-            if !stream
+            let stored: Stored = serde_json::from_str(&r.try_get::<String, _>("config")?)?;
+            if !stored
                 .config
                 .events_delivered
                 .iter()
@@ -717,10 +744,15 @@ impl Transmitter {
             if excluded {
                 continue;
             }
-            self.enqueue(&stream, sub_id, event_type, event.clone(), txn)
-                .await?;
-            n += 1;
+            queued.push(self.sign_for(&stored.config, sub_id, event_type, event.clone(), txn)?);
         }
+        // One transaction (one commit) for every stream's copy.
+        let mut tx = self.store.pool().begin().await?;
+        for q in &queued {
+            insert_outbox(&mut tx, q).await?;
+        }
+        tx.commit().await?;
+        let n = queued.len();
         self.after_enqueue();
         self.record(
             Event::new("caep.sent", Outcome::Success)
@@ -738,17 +770,18 @@ impl Transmitter {
         self.enqueued.send_modify(|n| *n += 1);
     }
 
-    async fn enqueue(
+    /// Signs one SET for `stream`.
+    fn sign_for(
         &self,
-        stream: &Stream,
+        stream: &StreamConfig,
         sub_id: &Value,
         event_type: &str,
         event: Value,
         txn: Option<&str>,
-    ) -> Result<(), SsfError> {
+    ) -> Result<Queued, SsfError> {
         let mut claims = SetClaims::new(
             self.config.issuer.clone(),
-            stream.config.aud.clone(),
+            stream.aud.clone(),
             sub_id.clone(),
             event_type.to_owned(),
             event,
@@ -758,18 +791,26 @@ impl Transmitter {
             .signer
             .sign(&claims)
             .map_err(|e| SsfError::Internal(format!("signing the SET: {e}")))?;
-        let now = now_millis();
-        sqlx::query(
-            "INSERT INTO ssf_outbox (stream_id, jti, event_type, set_jwt, created_at, attempts, next_attempt_at, last_error, delivered_at, set_err) \
-             VALUES ($1, $2, $3, $4, $5, 0, $5, NULL, 0, NULL)",
-        )
-        .bind(&stream.config.stream_id)
-        .bind(&claims.jti)
-        .bind(event_type)
-        .bind(&jwt)
-        .bind(now)
-        .execute(self.store.pool())
-        .await?;
+        Ok(Queued {
+            stream_id: stream.stream_id.clone(),
+            jti: claims.jti,
+            event_type: event_type.to_owned(),
+            jwt,
+        })
+    }
+
+    async fn enqueue(
+        &self,
+        stream: &Stream,
+        sub_id: &Value,
+        event_type: &str,
+        event: Value,
+        txn: Option<&str>,
+    ) -> Result<(), SsfError> {
+        let q = self.sign_for(&stream.config, sub_id, event_type, event, txn)?;
+        let mut tx = self.store.pool().begin().await?;
+        insert_outbox(&mut tx, &q).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -920,10 +961,13 @@ impl Transmitter {
     /// Starts a delivery task for each push stream whose oldest pending SET
     /// is due; returns how long until the next one is due.
     async fn push_round(self: &Arc<Self>) -> Result<Option<Duration>, SsfError> {
+        // Each enabled stream's oldest pending SET, with the stream: one query.
         let rows = sqlx::query(
-            "SELECT o.stream_id AS stream_id, MIN(o.seq) AS head FROM ssf_outbox o \
-             JOIN ssf_streams s ON s.stream_id = o.stream_id \
-             WHERE o.delivered_at = 0 AND s.status = 'enabled' GROUP BY o.stream_id",
+            "SELECT s.stream_id AS stream_id, s.owner AS owner, s.config AS config, s.status AS status, \
+                    s.reason AS reason, o.next_attempt_at AS due \
+             FROM ssf_streams s JOIN ssf_outbox o ON o.stream_id = s.stream_id \
+             WHERE s.status = 'enabled' AND o.delivered_at = 0 AND o.seq = \
+               (SELECT MIN(h.seq) FROM ssf_outbox h WHERE h.stream_id = s.stream_id AND h.delivered_at = 0)",
         )
         .fetch_all(self.store.pool())
         .await?;
@@ -931,18 +975,18 @@ impl Transmitter {
         let mut next: Option<i64> = None;
         for r in rows {
             let stream_id: String = r.try_get("stream_id")?;
-            let head: i64 = r.try_get("head")?;
-            let Some((_, stream)) = self.load(&stream_id).await? else {
-                continue;
-            };
-            if stream.config.delivery.method != DELIVERY_PUSH {
+            let stored: Stored = serde_json::from_str(&r.try_get::<String, _>("config")?)?;
+            if stored.config.delivery.method != DELIVERY_PUSH {
                 continue;
             }
-            let due: i64 = sqlx::query("SELECT next_attempt_at FROM ssf_outbox WHERE seq = $1")
-                .bind(head)
-                .fetch_one(self.store.pool())
-                .await?
-                .try_get("next_attempt_at")?;
+            let stream = Stream {
+                config: stored.config,
+                owner: r.try_get("owner")?,
+                status: r.try_get("status")?,
+                reason: r.try_get("reason")?,
+                push_authorization: stored.push_authorization,
+            };
+            let due: i64 = r.try_get("due")?;
             if due > now {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
