@@ -515,8 +515,12 @@ impl Gateway {
             Err(e) => {
                 // A refusal because the ladder restricted the subject (W4)
                 // is the ladder's own effect, not a new anomaly.
-                let restricted = verdict.as_ref().is_some_and(|v| v.assessment.level >= 4);
-                if e.oauth_code() == "access_denied" && !restricted {
+                // So is a refusal of a call the ladder already counted: one
+                // anomalous call is one observation.
+                let counted = verdict
+                    .as_ref()
+                    .is_some_and(|v| v.assessment.level >= 4 || !v.assessment.anomalies.is_empty());
+                if e.oauth_code() == "access_denied" && !counted {
                     let mut denied = obs.clone();
                     denied.kind = ObservationKind::PolicyDenied {
                         reason: e.to_string(),
@@ -631,8 +635,9 @@ fn observation(caller: &Caller, tool: &str, rar: Option<&Value>) -> Observation 
             _ => None,
         })
         .map(|a| (a, text("currency").unwrap_or_else(|| "USD".into())));
-    let target_user = rar_type
-        .starts_with("directory_")
+    // Reading or administering another user is touching their data;
+    // creating a user or adding one to a group is not.
+    let target_user = matches!(rar_type.as_str(), "directory_read" | "directory_admin")
         .then(|| text("identifier"))
         .flatten()
         .filter(|s| s.contains('@'));

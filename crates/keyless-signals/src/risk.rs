@@ -125,6 +125,16 @@ impl std::fmt::Display for Detector {
     }
 }
 
+/// How the anomalies of one call add to the session's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// The heaviest anomaly of the call.
+    Max,
+    /// Every anomaly of the call.
+    Sum,
+}
+
 /// Thresholds, decay and detector weights of the ladder. Deserializes from
 /// TOML (every field optional, unknown fields refused), e.g.
 ///
@@ -153,6 +163,10 @@ pub struct RiskConfig {
     pub hold: Duration,
     /// Weight of each detector; a missing detector weighs 1.0 and 0 disables it.
     pub weights: BTreeMap<Detector, f64>,
+    /// How the detectors that fire on one call combine: `max` (default: a
+    /// call adds its heaviest anomaly, so each anomalous call is one step
+    /// of the ladder) or `sum` (every anomaly of the call counts).
+    pub combine: Combine,
     /// An amount is anomalous when above `amount_factor` × the user's mean
     /// amount in that currency; default 3.0.
     pub amount_factor: f64,
@@ -173,6 +187,7 @@ impl Default for RiskConfig {
             half_life: Duration::from_secs(15 * 60),
             hold: Duration::from_secs(5 * 60),
             weights: Detector::ALL.iter().map(|d| (*d, 1.0)).collect(),
+            combine: Combine::Max,
             amount_factor: 3.0,
             min_history: 3,
             first_amount_limit: 1000.0,
@@ -437,16 +452,18 @@ impl RiskEngine {
 
     /// Assesses one call at `now_ms` (Unix ms; tests and replays pass their
     /// own clock). Runs the detectors against the baseline as it is before
-    /// this call, adds the weights of those that fired to the session's
+    /// this call, adds the weights of those that fired (their sum or their
+    /// maximum, [`RiskConfig::combine`]) to the session's
     /// decayed score, ratchets the level up to the highest threshold reached
     /// and writes the session through to the store. The first time a session
     /// reaches W4, a review is opened and the subject is restricted.
     pub async fn assess_at(&self, obs: &Observation, now_ms: i64) -> Result<Assessment, RiskError> {
         let anomalies = self.detect(obs).await?;
-        let added: f64 = anomalies
-            .iter()
-            .map(|a| self.config.weight(a.detector))
-            .sum();
+        let weights = anomalies.iter().map(|a| self.config.weight(a.detector));
+        let added: f64 = match self.config.combine {
+            Combine::Sum => weights.sum(),
+            Combine::Max => weights.fold(0.0, f64::max),
+        };
 
         // Another replica, or an eviction, may have left the session only in
         // the store.

@@ -334,7 +334,10 @@ async fn other_users_data_fires_but_ones_own_does_not() {
 
 #[tokio::test]
 async fn weights_add_up_and_zero_disables_a_detector() {
-    let mut config = RiskConfig::default();
+    let mut config = RiskConfig {
+        combine: keyless_signals::risk::Combine::Sum,
+        ..RiskConfig::default()
+    };
     config.weights.insert(Detector::NewDestination, 0.0);
     config.weights.insert(Detector::AmountAboveBaseline, 2.0);
     let f = fixture(config).await;
@@ -360,6 +363,19 @@ async fn weights_add_up_and_zero_disables_a_detector() {
     assert_eq!(a.score, 3.0);
     assert_eq!((a.previous_level, a.level), (0, 3));
     assert!(a.escalated());
+}
+
+#[tokio::test]
+async fn by_default_a_call_counts_its_heaviest_anomaly_once() {
+    let f = fixture(RiskConfig::default()).await;
+    let both = Observation {
+        target_user: Some("bob@example.com".into()),
+        ..transfer(5000.0, "acct-new")
+    };
+    let a = f.engine.assess_at(&both, T0).await.unwrap();
+    assert_eq!(a.anomalies.len(), 3, "{:?}", a.anomalies);
+    assert_eq!(a.score, 1.0);
+    assert_eq!((a.previous_level, a.level), (0, 1));
 }
 
 #[tokio::test]
