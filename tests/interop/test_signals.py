@@ -221,6 +221,13 @@ def test_ladder_climbs_to_w5_and_both_receivers_get_session_revoked(
                     if e["type"] == "caep.received" and e["detail"].get("event_type") == SESSION_REVOKED]
 
         got = wait_until(second_got, 10, 0.05, "session-revoked at the second keyless")
+        # The second fabric applied W2's credential-change to its own alice too.
+        changed = [e for e in audit_events(second)
+                   if e["type"] == "caep.received" and e["detail"].get("event_type") == CREDENTIAL_CHANGE]
+        assert changed and "must sign in again" in changed[0]["reason"], changed
+        # The first fabric got its own events back and did not apply them twice.
+        own = [e for e in audit_events(fabric) if e["type"] == "caep.received"]
+        assert own and all("applied at the source" in e["reason"] for e in own), own
         assert got[0]["time"] / 1000 - decided <= 0.1, f"second keyless: {got[0]['time'] / 1000 - decided:.3f} s"
         assert py.refused == [], py.refused
 

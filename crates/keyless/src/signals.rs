@@ -115,7 +115,32 @@ impl LocalCaep {
 #[async_trait::async_trait]
 impl CaepHandler for LocalCaep {
     async fn apply(&self, set: &VerifiedSet, event: &CaepEvent) -> Result<String, String> {
+        if set.iss == self.sts.issuer() {
+            // Our own transmitter: the ladder applied it here before sending.
+            return Ok(format!("{}: our own event, applied at the source", event.event_type()));
+        }
         match event {
+            CaepEvent::CredentialChange {
+                credential_type,
+                change_type,
+            } if change_type != "create" => {
+                // The credential the user signed in with changed elsewhere:
+                // sessions established with it must sign in again.
+                let Some((id, email)) = self.user_of(&set.sub_id).await else {
+                    return Ok("credential-change: the subject is not a user here".into());
+                };
+                let n = self
+                    .sts
+                    .revoke_user_sessions(
+                        &id,
+                        &format!("CAEP credential-change ({credential_type} {change_type}) from {}", set.iss),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "credential-change: {n} session(s) of {email} must sign in again"
+                ))
+            }
             CaepEvent::SessionRevoked => {
                 let Some((id, email)) = self.user_of(&set.sub_id).await else {
                     return Ok(
