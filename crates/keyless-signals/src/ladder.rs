@@ -15,13 +15,14 @@
 //! Every level reached is recorded before the effect, so the log says what
 //! was decided even when an effect fails.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use keyless_audit::{Event, EventSink, Outcome};
 use serde_json::{Value, json};
 
 use crate::caep;
-use crate::risk::{Assessment, Observation, RiskEngine, RiskError};
+use crate::risk::{Assessment, Observation, ObservationKind, RiskEngine, RiskError};
 use crate::subject;
 use crate::transmitter::Transmitter;
 
@@ -48,7 +49,15 @@ pub struct Ladder {
     transmitter: Arc<Transmitter>,
     sessions: Arc<dyn SessionControl>,
     events: Arc<dyn EventSink>,
+    /// Policy denials already counted: (session, reason) → when (ms).
+    denials: Mutex<HashMap<(String, String), i64>>,
 }
+
+/// The same policy denial of the same session counts once in this window:
+/// an agent retrying a forbidden request is one anomaly (the loop breaker
+/// deals with the retrying).
+const REPEATED_DENIAL_WINDOW_MS: i64 = 5 * 60 * 1000;
+const MAX_REMEMBERED_DENIALS: usize = 65_536;
 
 /// The SSF subject of a user's session: `complex` with the user (email
 /// when known, else issuer + subject) and the session.
@@ -72,6 +81,7 @@ impl Ladder {
             transmitter,
             sessions,
             events,
+            denials: Mutex::default(),
         })
     }
 
@@ -86,6 +96,21 @@ impl Ladder {
     /// Assesses one observation and carries out every level it newly
     /// reached, lowest first.
     pub async fn observe(&self, obs: &Observation) -> Result<Verdict, RiskError> {
+        if let ObservationKind::PolicyDenied { reason } = &obs.kind
+            && self.repeated_denial(&obs.session_id, reason)
+        {
+            let level = self.engine.session_level(&obs.session_id);
+            return Ok(Verdict {
+                assessment: Assessment {
+                    anomalies: Vec::new(),
+                    score: 0.0,
+                    level,
+                    previous_level: level,
+                    review: None,
+                },
+                caution: None,
+            });
+        }
         let a = self.engine.assess(obs).await?;
         for level in (a.previous_level + 1)..=a.level {
             self.escalate(obs, &a, level).await;
@@ -102,6 +127,29 @@ impl Ladder {
             assessment: a,
             caution,
         })
+    }
+
+    /// Whether this denial of this session was counted within the window
+    /// (and remembers it now if not).
+    fn repeated_denial(&self, session: &str, reason: &str) -> bool {
+        let now = keyless_store::now_millis();
+        let Ok(mut seen) = self.denials.lock() else {
+            return false;
+        };
+        if seen.len() >= MAX_REMEMBERED_DENIALS {
+            seen.retain(|_, at| now - *at < REPEATED_DENIAL_WINDOW_MS);
+            if seen.len() >= MAX_REMEMBERED_DENIALS {
+                seen.clear();
+            }
+        }
+        let key = (session.to_owned(), reason.to_owned());
+        match seen.get(&key) {
+            Some(at) if now - *at < REPEATED_DENIAL_WINDOW_MS => true,
+            _ => {
+                seen.insert(key, now);
+                false
+            }
+        }
     }
 
     /// Records that a call went through: it becomes part of the user's
