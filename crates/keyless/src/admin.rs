@@ -32,6 +32,8 @@ pub struct AdminState {
     pub transmitter: Arc<keyless_signals::transmitter::Transmitter>,
     pub receiver: Arc<keyless_signals::receiver::Receiver>,
     pub risk: Arc<keyless_signals::risk::RiskEngine>,
+    /// Where the admin API records its own decisions (`credential.revoked`).
+    pub audit: Arc<dyn keyless_audit::EventSink>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -56,6 +58,7 @@ pub fn router(state: AdminState) -> Router {
             post(crate::signals::admin_resolve_review),
         )
         .route("/v1/consents", get(list_consents))
+        .route("/v1/revoke", post(revoke_credential))
         .route("/v1/consents/{id}", delete(revoke_consent))
         .route("/v1/secrets/policies", get(secrets_list_policies))
         .route("/v1/secrets/policies/{name}", put(secrets_write_policy))
@@ -549,6 +552,324 @@ async fn secrets_pending(State(s): State<AdminState>) -> Response {
     }
 }
 
+// === revocation of leaked credentials (`keyless scan --revoke`) ===
+
+/// Kind of the `credential.revoked` audit event.
+const CREDENTIAL_REVOKED: &str = "credential.revoked";
+/// Longest credential the endpoint looks at (a JWT is far shorter).
+const MAX_CREDENTIAL_LEN: usize = 16 * 1024;
+/// Longest rule id or fingerprint accepted.
+const MAX_LABEL_LEN: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    /// The secret itself. Never logged, never echoed, never recorded.
+    credential: String,
+    /// The scanner rule that found it.
+    #[serde(default)]
+    rule_id: String,
+    /// The scanner's stable fingerprint of the finding (no secret in it).
+    #[serde(default)]
+    fingerprint: String,
+}
+
+/// What a found credential looks like, before asking the services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CredentialShape {
+    /// `hvs.`: a broker service token or a response-wrapping token.
+    BrokerToken,
+    /// `hvb.`: a stateless batch token.
+    BatchToken,
+    /// A JWT whose `iss` is this fabric's STS.
+    AccessToken,
+    /// A JWT whose `iss` is this fabric's SPIFFE issuer.
+    JwtSvid,
+    /// `ENGINE/creds/ROLE/ID`: maybe a lease id.
+    MaybeLease,
+    /// Nothing this fabric issues.
+    Foreign,
+}
+
+/// The `iss` of a compact JWS, read without verifying anything (only to
+/// route the credential; the owning service verifies it).
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// Routes `credential` to the service that may have issued it.
+fn credential_shape(credential: &str, sts_issuer: &str, spiffe_issuer: &str) -> CredentialShape {
+    if credential.starts_with(keyless_secrets::SERVICE_PREFIX) {
+        return CredentialShape::BrokerToken;
+    }
+    if credential.starts_with(keyless_secrets::BATCH_PREFIX) {
+        return CredentialShape::BatchToken;
+    }
+    if let Some(iss) = unverified_issuer(credential) {
+        let iss = iss.trim_end_matches('/');
+        if iss == sts_issuer.trim_end_matches('/') {
+            return CredentialShape::AccessToken;
+        }
+        if iss == spiffe_issuer.trim_end_matches('/') {
+            return CredentialShape::JwtSvid;
+        }
+        return CredentialShape::Foreign;
+    }
+    // Lease ids are `ENGINE/creds/ROLE/RANDOM`; anything else with a slash
+    // (an AWS secret key, a path) is not sent to the broker.
+    if credential.contains("/creds/")
+        && !credential.starts_with('/')
+        && credential
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+    {
+        return CredentialShape::MaybeLease;
+    }
+    CredentialShape::Foreign
+}
+
+/// Whether `credential` could be one this fabric issues (a client-side
+/// filter, so `keyless scan --revoke` sends no third-party secret here).
+pub(crate) fn may_be_keyless(credential: &str) -> bool {
+    let c = credential.trim();
+    c.starts_with(keyless_secrets::SERVICE_PREFIX)
+        || c.starts_with(keyless_secrets::BATCH_PREFIX)
+        || unverified_issuer(c).is_some()
+        || credential_shape(c, "", "") == CredentialShape::MaybeLease
+}
+
+/// What `/v1/revoke` did with one credential.
+struct RevokeOutcome {
+    /// `revoked`, `already_invalid`, `not_revocable` or `not_keyless`.
+    outcome: &'static str,
+    /// `service_token`, `wrap_token`, `batch_token`, `access_token`,
+    /// `jwt_svid`, `lease` or `unknown`.
+    kind: &'static str,
+    /// One human sentence, without the secret.
+    message: String,
+    /// A non-secret handle for the audit event (accessor, jti, lease id).
+    handle: Option<(&'static str, String)>,
+}
+
+impl RevokeOutcome {
+    fn new(outcome: &'static str, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            kind,
+            message: message.into(),
+            handle: None,
+        }
+    }
+}
+
+/// `POST /v1/revoke`: revokes a leaked credential if this fabric issued it.
+/// Answers what happened; every answer about a Keyless credential is
+/// recorded as a `credential.revoked` event (rule id and fingerprint, never
+/// the secret) before it is given.
+async fn revoke_credential(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let b: RevokeBody = match parse_body(&body, "revocation request") {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let credential = b.credential.trim();
+    if credential.is_empty() || credential.len() > MAX_CREDENTIAL_LEN {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("credential must be 1 to {MAX_CREDENTIAL_LEN} bytes"),
+        );
+    }
+    for (name, v) in [("rule_id", &b.rule_id), ("fingerprint", &b.fingerprint)] {
+        if v.len() > MAX_LABEL_LEN || v.chars().any(char::is_control) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{name} must be at most {MAX_LABEL_LEN} printable characters"),
+            );
+        }
+    }
+    let outcome = match revoke_one(&s, credential).await {
+        Ok(o) => o,
+        Err(resp) => return resp,
+    };
+    if outcome.outcome != "not_keyless" {
+        let mut event = keyless_audit::Event::new(
+            CREDENTIAL_REVOKED,
+            if outcome.outcome == "revoked" {
+                keyless_audit::Outcome::Success
+            } else {
+                keyless_audit::Outcome::Error
+            },
+        )
+        .agent("keyless-scan")
+        .detail("rule_id", b.rule_id.clone())
+        .detail("fingerprint", b.fingerprint.clone())
+        .detail("credential_kind", outcome.kind)
+        .detail("result", outcome.outcome);
+        if outcome.outcome != "revoked" {
+            event = event.reason(outcome.message.clone());
+        }
+        if let Some((key, value)) = &outcome.handle {
+            event = event.detail(key, value.clone());
+        }
+        if let Err(e) = s.audit.record(event).await {
+            tracing::error!(error = %e, "cannot record credential.revoked");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot record the audit event (see the server log)",
+            );
+        }
+    }
+    Json(json!({
+        "outcome": outcome.outcome,
+        "kind": outcome.kind,
+        "message": outcome.message,
+        "rule_id": b.rule_id,
+        "fingerprint": b.fingerprint,
+    }))
+    .into_response()
+}
+
+/// Asks the owning service to revoke `credential`.
+async fn revoke_one(s: &AdminState, credential: &str) -> Result<RevokeOutcome, Response> {
+    let shape = credential_shape(credential, s.sts.issuer(), &s.identity.issuer());
+    Ok(match shape {
+        CredentialShape::BrokerToken => {
+            // A wrapping token first: looking it up does not spend it.
+            if s.secrets.wrap_lookup(credential).await.is_ok() {
+                return match s.secrets.unwrap("keyless-scan", credential).await {
+                    Ok(_) => Ok(RevokeOutcome::new(
+                        "revoked",
+                        "wrap_token",
+                        "response-wrapping token destroyed (its wrapped response is gone)",
+                    )),
+                    Err(SecretsError::InvalidRequest(_)) => Ok(RevokeOutcome::new(
+                        "already_invalid",
+                        "wrap_token",
+                        "response-wrapping token was already unwrapped or expired",
+                    )),
+                    Err(e) => Err(secrets_error(e)),
+                };
+            }
+            match s.secrets.resolve_token(Some(credential)).await {
+                Ok(info) => {
+                    let accessor = info.accessor.clone();
+                    s.secrets.revoke_token(&info).await.map_err(secrets_error)?;
+                    RevokeOutcome {
+                        handle: Some(("accessor", accessor)),
+                        ..RevokeOutcome::new(
+                            "revoked",
+                            "service_token",
+                            format!(
+                                "secrets-broker token of `{}` revoked with its leases",
+                                info.identity
+                            ),
+                        )
+                    }
+                }
+                // Only hashes are stored and revoked tokens are deleted, so
+                // an unknown `hvs.` token may be expired, revoked, or
+                // Vault's own (which uses the same prefix).
+                Err(SecretsError::PermissionDenied) => RevokeOutcome::new(
+                    "already_invalid",
+                    "service_token",
+                    "no live token of this fabric matches (expired, revoked, or issued elsewhere, e.g. by Vault)",
+                ),
+                Err(e) => return Err(secrets_error(e)),
+            }
+        }
+        CredentialShape::BatchToken => match s.secrets.resolve_token(Some(credential)).await {
+            Ok(info) => RevokeOutcome::new(
+                "not_revocable",
+                "batch_token",
+                format!(
+                    "batch token of `{}` is stateless and cannot be revoked; it expires in {} s",
+                    info.identity,
+                    (info.expires_at - keyless_store::now_millis()).max(0) / 1000
+                ),
+            ),
+            Err(SecretsError::PermissionDenied) => RevokeOutcome::new(
+                "already_invalid",
+                "batch_token",
+                "batch token is expired or was not signed by this fabric",
+            ),
+            Err(e) => return Err(secrets_error(e)),
+        },
+        CredentialShape::AccessToken => {
+            let claims = match s.sts.verify_access_token(credential, None).await {
+                Ok(c) => c,
+                Err(_) => {
+                    return Ok(RevokeOutcome::new(
+                        "already_invalid",
+                        "access_token",
+                        "access token names this fabric's issuer but is expired or its signature does not verify",
+                    ));
+                }
+            };
+            let live = s.sts.token_live(&claims).await.map_err(sts_error)?;
+            if !live {
+                RevokeOutcome {
+                    handle: Some(("jti", claims.jti.clone())),
+                    ..RevokeOutcome::new(
+                        "already_invalid",
+                        "access_token",
+                        "access token was already revoked (or its session ended)",
+                    )
+                }
+            } else {
+                s.sts
+                    .revoke_token(credential, None)
+                    .await
+                    .map_err(sts_error)?;
+                RevokeOutcome {
+                    handle: Some(("jti", claims.jti.clone())),
+                    ..RevokeOutcome::new(
+                        "revoked",
+                        "access_token",
+                        format!("access token of `{}` revoked", claims.sub),
+                    )
+                }
+            }
+        }
+        CredentialShape::JwtSvid => RevokeOutcome::new(
+            "not_revocable",
+            "jwt_svid",
+            "JWT-SVIDs cannot be revoked; it expires on its own (rotate the JWT key with `keyless ca rotate --jwt` to cut it short)",
+        ),
+        CredentialShape::MaybeLease => match s.secrets.lease(credential).await {
+            Ok(Some(_)) => {
+                s.secrets
+                    .revoke_lease(credential)
+                    .await
+                    .map_err(secrets_error)?;
+                RevokeOutcome {
+                    handle: Some(("lease_id", credential.to_owned())),
+                    ..RevokeOutcome::new("revoked", "lease", "lease revoked")
+                }
+            }
+            Ok(None) => RevokeOutcome::new(
+                "not_keyless",
+                "unknown",
+                "not a credential issued by this fabric",
+            ),
+            Err(e) => return Err(secrets_error(e)),
+        },
+        CredentialShape::Foreign => RevokeOutcome::new(
+            "not_keyless",
+            "unknown",
+            "not a credential issued by this fabric",
+        ),
+    })
+}
+
 // === client ===
 
 /// A reply from the admin API.
@@ -615,4 +936,65 @@ pub async fn call(
         serde_json::from_slice(&bytes).context("admin reply is not JSON")?
     };
     Ok(Reply { status, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(iss: &str) -> String {
+        use base64::Engine;
+        let enc = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.c2ln",
+            enc(json!({"alg": "ES256"})),
+            enc(json!({"iss": iss, "sub": "x"}))
+        )
+    }
+
+    #[test]
+    fn credentials_are_routed_to_the_service_that_issues_them() {
+        let sts = "http://127.0.0.1:8180";
+        let spiffe = "http://127.0.0.1:8180/spiffe";
+        let check = |cred: &str, want: CredentialShape| {
+            assert_eq!(credential_shape(cred, sts, spiffe), want, "{cred}");
+        };
+        check(
+            "hvs.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            CredentialShape::BrokerToken,
+        );
+        check("hvb.eyJzdWIiOiJ4In0.c2ln", CredentialShape::BatchToken);
+        check(&jwt(sts), CredentialShape::AccessToken);
+        check(&jwt("http://127.0.0.1:8180/"), CredentialShape::AccessToken);
+        check(&jwt(spiffe), CredentialShape::JwtSvid);
+        check(
+            &jwt("https://accounts.google.com"),
+            CredentialShape::Foreign,
+        );
+        check("database/creds/ro/AbC-12_x", CredentialShape::MaybeLease);
+        check("AKIAIOSFODNN7EXAMPLE", CredentialShape::Foreign);
+        check(
+            "ghp_0123456789abcdefghijklmnopqrstuvwxyz",
+            CredentialShape::Foreign,
+        );
+        check("/etc/passwd", CredentialShape::Foreign);
+        check(
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            CredentialShape::Foreign,
+        );
+        check("postgres://u:p@h/db", CredentialShape::Foreign);
+    }
+
+    #[test]
+    fn only_credentials_keyless_could_have_issued_leave_the_scanner() {
+        assert!(may_be_keyless("hvs.AAAA"));
+        assert!(may_be_keyless("hvb.AAAA.BBBB"));
+        assert!(may_be_keyless(&jwt("https://anyone.example")));
+        assert!(may_be_keyless("rotating/creds/app/xyz"));
+        assert!(!may_be_keyless("AKIAIOSFODNN7EXAMPLE"));
+        assert!(!may_be_keyless("sk-proj-abcdefghijklmnop"));
+        assert!(!may_be_keyless("-----BEGIN PRIVATE KEY-----"));
+    }
 }

@@ -60,6 +60,73 @@ pub enum Command {
     /// ladder's review items.
     #[command(subcommand)]
     Signals(SignalsCommand),
+    /// Find leaked credentials in files, git history or a log stream
+    /// (exit 0: none found, 1: findings, 2: bad input).
+    Scan(ScanArgs),
+    /// Check a deployment: data-dir permissions, keys and secrets at rest,
+    /// no secret in configuration, TLS, TTLs, audit log (exit 1 on any FAIL).
+    Doctor(DoctorArgs),
+}
+
+/// Output format of `keyless scan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScanFormat {
+    /// One block per finding, for humans.
+    Text,
+    /// The report as one JSON document.
+    Json,
+    /// SARIF 2.1.0, for code-scanning tools.
+    Sarif,
+}
+
+/// `keyless scan`: exit 0 when nothing was found, 1 when findings remain
+/// (after the allowlist and the baseline; 0 after `--write-baseline`),
+/// 2 on bad input (a missing path, an invalid regex or baseline).
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Files or directories to scan (with --git: repositories).
+    #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+    pub paths: Vec<PathBuf>,
+    /// Scan every blob in the repositories' history once, reporting the
+    /// commit where each secret first appeared.
+    #[arg(long, conflicts_with = "stdin")]
+    pub git: bool,
+    /// Read a log stream from standard input and print it redacted on
+    /// standard output; the summary goes to standard error.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Report format on standard output.
+    #[arg(long, value_enum, default_value_t = ScanFormat::Text)]
+    pub format: ScanFormat,
+    /// Ignore findings recorded in this baseline file.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Record the findings in FILE as the new baseline (then exit 0).
+    #[arg(long, value_name = "FILE", conflicts_with = "stdin")]
+    pub write_baseline: Option<PathBuf>,
+    /// Ignore matches whose secret or path matches REGEX (repeatable).
+    #[arg(long = "allow", value_name = "REGEX")]
+    pub allow: Vec<String>,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Ask the running fabric to revoke every finding it issued (broker,
+    /// wrap and access tokens, leases); one line per credential on stderr.
+    #[arg(long)]
+    pub revoke: bool,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+/// `keyless doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// The configuration file `keyless up` runs with (TOML); checked for
+    /// secrets, TLS settings and TTLs.
+    #[arg(long, env = config::ENV_CONFIG)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

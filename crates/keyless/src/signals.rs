@@ -117,7 +117,10 @@ impl CaepHandler for LocalCaep {
     async fn apply(&self, set: &VerifiedSet, event: &CaepEvent) -> Result<String, String> {
         if set.iss == self.sts.issuer() {
             // Our own transmitter: the ladder applied it here before sending.
-            return Ok(format!("{}: our own event, applied at the source", event.event_type()));
+            return Ok(format!(
+                "{}: our own event, applied at the source",
+                event.event_type()
+            ));
         }
         match event {
             CaepEvent::CredentialChange {
@@ -133,7 +136,10 @@ impl CaepHandler for LocalCaep {
                     .sts
                     .revoke_user_sessions(
                         &id,
-                        &format!("CAEP credential-change ({credential_type} {change_type}) from {}", set.iss),
+                        &format!(
+                            "CAEP credential-change ({credential_type} {change_type}) from {}",
+                            set.iss
+                        ),
                     )
                     .await
                     .map_err(|e| e.to_string())?;

@@ -417,6 +417,7 @@ pub async fn run(args: UpArgs) -> CliResult {
         transmitter: transmitter.clone(),
         receiver: receiver.clone(),
         risk: risk.clone(),
+        audit: audit.clone(),
     });
     let admin_task = {
         let stop = shutdown(shutdown_rx.clone());

@@ -1,8 +1,10 @@
 //! Command dispatch: one module per command group.
 
 mod audit;
+mod doctor;
 mod entry;
 mod policy;
+mod scan;
 mod secrets;
 mod signals;
 mod svid;
@@ -40,5 +42,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Secrets(c) => secrets::run(c).await,
         Command::Tools(c) => tools::run(c).await,
         Command::Signals(c) => signals::run(c).await,
+        Command::Scan(args) => scan::run(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
     }
 }
