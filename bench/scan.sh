@@ -58,3 +58,30 @@ fi
 echo "== git history: $repo ($(git -C "$repo" rev-list --all --count) commits)"
 run "git history, 1 thread" git "$repo" 1
 run "git history, $(nproc) threads" git "$repo" 0
+
+# --- the peer, side by side: Yelp's detect-secrets (PyPI), on the same
+# generated tree at a size it finishes in reasonable time. (gitleaks,
+# trufflehog and kingfisher ship from GitHub releases, which this machine
+# cannot reach; detect-secrets installs from PyPI.)
+peer_mb=${KEYLESS_SCAN_PEER_MB:-100}
+peer_tree=$target/scan-bench-tree-$peer_mb
+if [ ! -f "$peer_tree/.done" ]; then
+  rm -rf "$peer_tree"
+  python3 bench/scan_gen.py "$peer_tree" "$peer_mb"
+  touch "$peer_tree/.done"
+fi
+find "$peer_tree" -type f -print0 | xargs -0 cat > /dev/null
+dsvenv=$target/bench-venv-detect-secrets
+if [ ! -x "$dsvenv/bin/detect-secrets" ]; then
+  python3 -m venv "$dsvenv"
+  "$dsvenv/bin/pip" install -q detect-secrets==1.5.0
+fi
+bytes=$(find "$peer_tree" -type f ! -name .done -printf '%s\n' | awk '{s+=$1} END {print s}')
+echo "== side by side on $peer_tree ($((bytes / 1000000)) MB)"
+run "keyless-scan, 1 thread" tree "$peer_tree" 1
+run "keyless-scan, $(nproc) threads" tree "$peer_tree" 0
+start=$(date +%s.%N)
+(cd "$peer_tree" && "$dsvenv/bin/detect-secrets" scan --all-files . > "$target/detect-secrets.json")
+end=$(date +%s.%N)
+found=$(python3 -c 'import json,sys; print(sum(len(v) for v in json.load(open(sys.argv[1]))["results"].values()))' "$target/detect-secrets.json")
+python3 -c 'import sys; b,s,e,f=float(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3]),sys.argv[4]; print(f"{\"detect-secrets 1.5.0\":<34} {b/1e6/(e-s):8.1f} MB/s   {e-s:.1f} s, {f} findings")' "$bytes" "$start" "$end" "$found"

@@ -13,6 +13,15 @@
 //!
 //! Invariant: no output of this crate (text, JSON, SARIF, baseline, the
 //! redacted stream) contains more than a quarter of a secret.
+//!
+//! Not done yet:
+//! - `--stdin` works line by line: a multi-line PEM private key in a log
+//!   stream is not seen (files and git blobs are scanned whole).
+//! - `--git`: a blob that first appears only in a merge commit is reported
+//!   without a commit; a secret is reported once per path, at its oldest
+//!   commit.
+//! - Base64 is decoded one level deep; other encodings (hex, URL-encoding,
+//!   compressed archives) are not opened.
 
 mod baseline;
 mod engine;
