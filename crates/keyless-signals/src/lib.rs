@@ -25,6 +25,9 @@
 //!   it, and a restriction after a restart (no LISTEN/NOTIFY fan-out yet).
 //! - A poll subscription's bearer token lives in memory only and is not
 //!   renewed: it polls until the token expires or the process restarts.
+//! - Push endpoints are not restricted beyond http(s): a workload holding
+//!   `ssf.manage` can make the transmitter POST SETs (no other data) to any
+//!   address it can reach, internal ones included.
 //! - Push receivers are not authenticated beyond the SET itself (no
 //!   `Authorization` check on `/ssf/push`); stream `inactivity_timeout` and
 //!   `min_verification_interval` are accepted and ignored.
