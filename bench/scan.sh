@@ -84,4 +84,8 @@ start=$(date +%s.%N)
 (cd "$peer_tree" && "$dsvenv/bin/detect-secrets" scan --all-files . > "$target/detect-secrets.json")
 end=$(date +%s.%N)
 found=$(python3 -c 'import json,sys; print(sum(len(v) for v in json.load(open(sys.argv[1]))["results"].values()))' "$target/detect-secrets.json")
-python3 -c 'import sys; b,s,e,f=float(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3]),sys.argv[4]; print(f"{\"detect-secrets 1.5.0\":<34} {b/1e6/(e-s):8.1f} MB/s   {e-s:.1f} s, {f} findings")' "$bytes" "$start" "$end" "$found"
+python3 - "$bytes" "$start" "$end" "$found" <<'PYEOF'
+import sys
+b, s, e, f = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+print("%-34s %8.1f MB/s   %.1f s, %s findings" % ("detect-secrets 1.5.0", b / 1e6 / (e - s), e - s, f))
+PYEOF
