@@ -16,10 +16,10 @@
 //! - W3 says "MFA mandatory": Keyless has no second factor yet, so W3 means
 //!   Cedar decides with `risk_level = high` (the default policy then lets
 //!   only tier-1 reads through without `step_up`, which nothing sets yet).
-//! - W4 "existing tokens are flagged": the subject's tokens are not marked;
-//!   they are useless through the gateway anyway (every call needs a new
-//!   exchange, which the STS refuses), but an access token keeps working at
-//!   userinfo until it expires.
+//! - W4 "existing tokens are flagged": introspection reports
+//!   `keyless_risk` (`level`, `restricted`) for a still-valid token of a
+//!   restricted user or a risky session; tokens a resource server verifies
+//!   locally (JWT) are not marked.
 //! - Levels and restrictions are mirrored in each process's memory: another
 //!   replica sharing PostgreSQL sees a session's level when it next assesses
 //!   it, and a restriction after a restart (no LISTEN/NOTIFY fan-out yet).

@@ -645,6 +645,17 @@ impl Sts {
                 out.insert(k.into(), v);
             }
         }
+        // The risk ladder's flag on tokens that are still valid: a resource
+        // server introspecting sees that the user is restricted (W4) or
+        // that the session is at risk, and can act on it.
+        let level = self.session_risk_level(claims.sid.as_deref());
+        let restricted = self.subject_restricted(&claims.sub);
+        if restricted || level > 0 {
+            out.insert(
+                "keyless_risk".into(),
+                json!({ "level": format!("W{level}"), "restricted": restricted }),
+            );
+        }
         Ok(Value::Object(out))
     }
 

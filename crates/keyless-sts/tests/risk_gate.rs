@@ -247,3 +247,34 @@ async fn refresh_needs_a_new_sign_in_at_w2_and_is_refused_to_a_restricted_user()
     let again = f.sts.start_session(&user).await;
     assert!(again.is_ok());
 }
+
+#[tokio::test]
+async fn introspection_flags_the_tokens_of_a_restricted_user_or_risky_session() {
+    let (f, gate) = gated().await;
+    let (user, sid, refresh) = signed_in(&f).await;
+    let access = f
+        .sts
+        .refresh(&refresh, "keyless-console")
+        .await
+        .unwrap()
+        .access_token;
+    let clean = f.sts.introspect(&access).await.unwrap();
+    assert_eq!(clean["active"], true);
+    assert!(clean.get("keyless_risk").is_none(), "{clean}");
+
+    gate.set_level(&sid, 3);
+    let risky = f.sts.introspect(&access).await.unwrap();
+    assert_eq!(
+        risky["keyless_risk"],
+        json!({"level": "W3", "restricted": false})
+    );
+
+    gate.set_level(&sid, 4);
+    gate.restrict(&user, true);
+    let flagged = f.sts.introspect(&access).await.unwrap();
+    assert_eq!(flagged["active"], true, "still valid, but flagged");
+    assert_eq!(
+        flagged["keyless_risk"],
+        json!({"level": "W4", "restricted": true})
+    );
+}
