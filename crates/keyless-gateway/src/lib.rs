@@ -6,7 +6,10 @@
 //! safety limits, approved by a human where its tier asks for it, turned
 //! into a single-use on-behalf-of token by an RFC 8693 exchange with the
 //! call's exact `authorization_details`, and only then sent upstream. The
-//! tokens the agent presented never leave the gateway.
+//! tokens the agent presented never leave the gateway. With a risk ladder
+//! wired (`Gateway::set_ladder`), every call is also an observation for it
+//! before anyone approves it (a W1 caution is appended to the result), and
+//! a refused exchange or a loop-breaker trip is one too.
 //!
 //! Modules: `config` (TOML: upstreams, tiers, RAR templates, limits),
 //! `upstream` (rmcp clients over Streamable HTTP and stdio), `catalog`
