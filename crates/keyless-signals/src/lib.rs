@@ -20,9 +20,6 @@
 //!   `keyless_risk` (`level`, `restricted`) for a still-valid token of a
 //!   restricted user or a risky session; tokens a resource server verifies
 //!   locally (JWT) are not marked.
-//! - Levels and restrictions are mirrored in each process's memory: another
-//!   replica sharing PostgreSQL sees a session's level when it next assesses
-//!   it, and a restriction after a restart (no LISTEN/NOTIFY fan-out yet).
 //! - A poll subscription's bearer token lives in memory only and is not
 //!   renewed: it polls until the token expires or the process restarts.
 //! - Push endpoints are not restricted beyond http(s): a workload holding

@@ -333,6 +333,10 @@ pub struct Anomaly {
     pub detail: String,
 }
 
+/// The PostgreSQL channel on which replicas announce level and restriction
+/// changes to each other.
+pub const CHANNEL: &str = "keyless_risk_changes";
+
 /// A human review item: the ladder restricted a subject (W4) and someone
 /// must look at it. The subject stays restricted while it is open.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -548,9 +552,15 @@ impl RiskEngine {
 
         if let Some(session) = persist {
             self.save_session(&obs.session_id, &session).await?;
+            if assessment.escalated() {
+                self.announce(&serde_json::json!({ "session": obs.session_id }))
+                    .await;
+            }
         }
         if let Some(review) = &assessment.review {
             self.insert_review(review).await?;
+            self.announce(&serde_json::json!({ "user": review.user_sub }))
+                .await;
         } else if assessment.level == W5_KILL_SWITCH && assessment.escalated() {
             // The review opened at W4 should show how far the session went.
             sqlx::query(
@@ -650,14 +660,183 @@ impl RiskEngine {
         if affected != 1 {
             return Err(RiskError::AlreadyResolved(id.to_owned()));
         }
-        let mut state = self.lock();
-        if let Some(ids) = state.restricted.get_mut(&review.user_sub) {
-            ids.remove(id);
-            if ids.is_empty() {
-                state.restricted.remove(&review.user_sub);
+        {
+            let mut state = self.lock();
+            if let Some(ids) = state.restricted.get_mut(&review.user_sub) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    state.restricted.remove(&review.user_sub);
+                }
             }
         }
+        self.announce(&serde_json::json!({ "user": review.user_sub }))
+            .await;
         Ok(review)
+    }
+
+    // --- replicas (PostgreSQL) ---
+
+    /// Tells the other replicas sharing the database that a session's level
+    /// or a subject's restriction changed; they reload it from the store
+    /// (the payload names it, it is never trusted as data). Nothing on
+    /// SQLite; a failed notification is logged (the others catch up when
+    /// they next assess the session, or at restart).
+    async fn announce(&self, what: &serde_json::Value) {
+        if let Err(e) = self.store.notify(CHANNEL, &what.to_string()).await {
+            tracing::warn!(error = %e, "risk: notifying the other replicas failed");
+        }
+    }
+
+    /// Follows the other replicas' changes (PostgreSQL): each notification
+    /// reloads the named session or subject from the store, so a W2/W3
+    /// level or a W4 restriction bites on every replica at once. Returns
+    /// `None` on SQLite. Ends when the engine is dropped.
+    pub fn spawn_listener(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        if self.store.dialect() != keyless_store::Dialect::Postgres {
+            return None;
+        }
+        let weak = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                let Some(store) = weak.upgrade().map(|e| e.store.clone()) else {
+                    return;
+                };
+                match store.listen(CHANNEL).await {
+                    Ok(Some(mut listener)) => {
+                        backoff = std::time::Duration::from_millis(100);
+                        // Changes missed while disconnected: reload everything.
+                        if let Some(e) = weak.upgrade()
+                            && let Err(err) = e.reload_all().await
+                        {
+                            tracing::warn!(error = %err, "risk: reloading after reconnect failed");
+                        }
+                        loop {
+                            let next = tokio::time::timeout(
+                                std::time::Duration::from_secs(5),
+                                listener.recv(),
+                            )
+                            .await;
+                            match next {
+                                Ok(Ok(n)) => {
+                                    let Some(e) = weak.upgrade() else { return };
+                                    if let Err(err) = e.reload_named(n.payload()).await {
+                                        tracing::warn!(error = %err, "risk: applying a replica's change failed");
+                                    }
+                                }
+                                Ok(Err(err)) => {
+                                    tracing::warn!(error = %err, "risk listener lost its connection");
+                                    break;
+                                }
+                                Err(_) => {
+                                    if weak.strong_count() == 0 {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(err) => tracing::warn!(error = %err, "risk listener cannot connect"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+        }))
+    }
+
+    async fn reload_named(&self, payload: &str) -> Result<(), RiskError> {
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        if let Some(sid) = v.get("session").and_then(serde_json::Value::as_str) {
+            let row = sqlx::query(
+                "SELECT session_id, user_sub, score, level, updated_at FROM risk_sessions \
+                 WHERE session_id = $1",
+            )
+            .bind(sid)
+            .fetch_optional(self.store.pool())
+            .await?;
+            if let Some(row) = row {
+                let fresh = session_from_row(&row)?;
+                let mut state = self.lock();
+                let max = self.config.max_sessions;
+                match state.sessions.get_mut(sid) {
+                    Some(s) => {
+                        s.level = s.level.max(fresh.level);
+                        if fresh.updated_at > s.updated_at {
+                            s.score = fresh.score;
+                            s.updated_at = fresh.updated_at;
+                        }
+                    }
+                    None => {
+                        state.sessions.insert(sid.to_owned(), fresh);
+                        evict(&mut state.sessions, max);
+                    }
+                }
+            }
+        }
+        if let Some(user) = v.get("user").and_then(serde_json::Value::as_str) {
+            let rows = sqlx::query(
+                "SELECT id FROM risk_reviews WHERE user_sub = $1 AND resolved_at = 0 AND level >= $2",
+            )
+            .bind(user)
+            .bind(i32::from(W4_RESTRICTED))
+            .fetch_all(self.store.pool())
+            .await?;
+            let ids: BTreeSet<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("id"))
+                .collect::<Result<_, _>>()?;
+            let mut state = self.lock();
+            if ids.is_empty() {
+                state.restricted.remove(user);
+            } else {
+                state.restricted.insert(user.to_owned(), ids);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads the sessions' levels and every open review's restriction
+    /// (after a listener (re)connect: changes may have been missed).
+    async fn reload_all(&self) -> Result<(), RiskError> {
+        let limit = i64::try_from(self.config.max_sessions).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT session_id, user_sub, score, level, updated_at FROM risk_sessions \
+             WHERE level > 0 ORDER BY updated_at DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        {
+            let mut state = self.lock();
+            for row in &rows {
+                let sid: String = row.try_get("session_id")?;
+                let fresh = session_from_row(row)?;
+                match state.sessions.get_mut(&sid) {
+                    Some(s) => s.level = s.level.max(fresh.level),
+                    None => {
+                        state.sessions.insert(sid, fresh);
+                    }
+                }
+            }
+            let max = self.config.max_sessions;
+            evict(&mut state.sessions, max);
+        }
+        let rows = sqlx::query(
+            "SELECT id, user_sub FROM risk_reviews WHERE resolved_at = 0 AND level >= $1",
+        )
+        .bind(i32::from(W4_RESTRICTED))
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut restricted: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for row in &rows {
+            restricted
+                .entry(row.try_get("user_sub")?)
+                .or_default()
+                .insert(row.try_get("id")?);
+        }
+        self.lock().restricted = restricted;
+        Ok(())
     }
 
     /// Runs every enabled detector against the baseline as it is now.

@@ -629,3 +629,53 @@ async fn the_ladder_works_on_postgres() {
     assert!(!reopened.subject_restricted(ALICE));
     store.close().await;
 }
+
+#[tokio::test]
+async fn replicas_on_postgres_see_each_others_levels_and_restrictions() {
+    let Some(url) = keyless_store::testing::fresh_postgres_database("risk_replicas").await else {
+        return;
+    };
+    let a = RiskEngine::open(Store::open(&url).await.unwrap(), RiskConfig::default())
+        .await
+        .unwrap();
+    let b = RiskEngine::open(Store::open(&url).await.unwrap(), RiskConfig::default())
+        .await
+        .unwrap();
+    let _listener = b.spawn_listener().expect("a listener on PostgreSQL");
+    // The listener is connected once a change made now reaches it.
+    let wait = |what: &'static str, f: &dyn Fn() -> bool| {
+        let ok = (0..500).any(|_| {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        });
+        assert!(ok, "replica b never saw {what}");
+    };
+    // Whether the listener connects before or after these changes, b
+    // catches up (a (re)connect reloads everything).
+    let mut review = None;
+    for (i, obs) in five_anomalies().iter().take(4).enumerate() {
+        let a4 = a
+            .assess_at(obs, T0 + 5_000 * i64::try_from(i).unwrap())
+            .await
+            .unwrap();
+        review = review.or(a4.review);
+    }
+    let b2 = b.clone();
+    tokio::task::spawn_blocking(move || {
+        wait("W4", &|| b2.session_level(SESSION) == 4);
+        wait("the restriction", &|| b2.subject_restricted(ALICE));
+    })
+    .await
+    .unwrap();
+    a.resolve_review(&review.unwrap().id).await.unwrap();
+    let b3 = b.clone();
+    tokio::task::spawn_blocking(move || {
+        wait("the lifted restriction", &|| !b3.subject_restricted(ALICE))
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.session_level(SESSION), 4, "the level stays");
+}

@@ -327,6 +327,8 @@ pub async fn run(args: UpArgs) -> CliResult {
     let risk = keyless_signals::risk::RiskEngine::open(store.clone(), risk_config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the risk engine: {e}"))?;
+    // Replicas sharing PostgreSQL learn each other's levels and restrictions.
+    let risk_listener = risk.spawn_listener();
     sts.set_risk_gate(Arc::new(signals::LadderGate {
         engine: risk.clone(),
     }));
@@ -526,6 +528,9 @@ pub async fn run(args: UpArgs) -> CliResult {
     let _ = admin_task.await;
     let _ = lease_worker.await;
     push_worker.abort();
+    if let Some(l) = risk_listener {
+        l.abort();
+    }
     sts_feed.abort();
     let _ = workload_task.await;
     policy_watch.abort();
