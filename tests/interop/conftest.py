@@ -98,6 +98,8 @@ class Fabric:
         self._stderr_file = None
         self.stderr_path: Path | None = None
         self._starts = 0
+        # More `keyless up` flags (e.g. `--model anthropic`), kept across restarts.
+        self.extra_args: list[str] = []
 
     # --- lifecycle ---
 
@@ -110,6 +112,7 @@ class Fabric:
         args = [str(keyless_bin()), "up", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{port}"]
         if td is not None:
             args += ["--trust-domain", td]
+        args += self.extra_args
         self.lines = []
         self._ready = threading.Event()
         self._starts += 1

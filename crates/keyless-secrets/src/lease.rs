@@ -711,6 +711,19 @@ impl Secrets {
         Ok(n)
     }
 
+    /// The newest leases, live or being revoked, newest first (at most
+    /// `limit`), for the console's read-only view. Callers must not show
+    /// `internal` (engine bookkeeping such as database role names).
+    pub async fn recent_leases(&self, limit: u32) -> Result<Vec<Lease>, SecretsError> {
+        let sql =
+            format!("SELECT {LEASE_COLUMNS} FROM secrets_leases ORDER BY issued_at DESC LIMIT $1");
+        let rows: Vec<LeaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(self.store.pool())
+            .await?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
     /// Live leases per engine (for metrics).
     pub async fn lease_counts(&self) -> Result<HashMap<String, i64>, SecretsError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(

@@ -252,6 +252,19 @@ pub struct UpArgs {
     /// default: thresholds 1..5, half-life 15m, every detector weight 1).
     #[arg(long, env = config::ENV_RISK_CONFIG)]
     pub risk_config: Option<PathBuf>,
+    /// The agent host's model: `scripted` (default, offline), `anthropic`
+    /// or `openai` (any OpenAI-compatible server, e.g. llama.cpp or vLLM).
+    /// The provider's API key is read from the secrets broker
+    /// (`keyless secrets kv put keyless/agent/PROVIDER api_key=…`), never
+    /// from the environment or a file.
+    #[arg(long, env = config::ENV_MODEL)]
+    pub model: Option<String>,
+    /// The provider's model name (e.g. `claude-sonnet-4-5`, `gpt-4o-mini`).
+    #[arg(long, env = config::ENV_MODEL_NAME)]
+    pub model_name: Option<String>,
+    /// The provider's base URL (default: the provider's public API).
+    #[arg(long, env = config::ENV_MODEL_URL)]
+    pub model_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,6 +28,9 @@ pub const ENV_OPENBAO_ROLE: &str = "KEYLESS_OPENBAO_ROLE";
 pub const ENV_OPENBAO_AUDIENCE: &str = "KEYLESS_OPENBAO_AUDIENCE";
 pub const ENV_GATEWAY_CONFIG: &str = "KEYLESS_GATEWAY_CONFIG";
 pub const ENV_RISK_CONFIG: &str = "KEYLESS_RISK_CONFIG";
+pub const ENV_MODEL: &str = "KEYLESS_MODEL";
+pub const ENV_MODEL_NAME: &str = "KEYLESS_MODEL_NAME";
+pub const ENV_MODEL_URL: &str = "KEYLESS_MODEL_URL";
 
 pub const DEFAULT_DATA_DIR: &str = ".keyless";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
@@ -59,6 +62,19 @@ pub struct FileConfig {
     /// The risk ladder's thresholds, decay and detector weights (TOML, see
     /// `keyless_signals::risk::RiskConfig`); default: built in.
     pub risk_config: Option<PathBuf>,
+    #[serde(default)]
+    pub agent: AgentFileConfig,
+}
+
+/// `[agent]`: the agent host's model (its API key lives in the secrets
+/// broker, never here).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFileConfig {
+    /// `scripted` (default), `anthropic` or `openai`.
+    pub model: Option<String>,
+    pub model_name: Option<String>,
+    pub model_url: Option<String>,
 }
 
 /// `[secrets]`: the secrets broker's backend.
@@ -128,6 +144,23 @@ pub struct Config {
     pub gateway_config: Option<PathBuf>,
     /// `None`: the built-in ladder settings.
     pub risk_config: Option<PathBuf>,
+    /// The agent host's model; checked by [`Config::model`].
+    pub model: Option<String>,
+    pub model_name: Option<String>,
+    pub model_url: Option<String>,
+}
+
+/// Which model the agent host runs, once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSettings {
+    /// The offline scripted model (the default).
+    Scripted,
+    /// A provider: `anthropic` or `openai`, with its model name and base URL.
+    Provider {
+        provider: String,
+        name: String,
+        url: Option<String>,
+    },
 }
 
 /// Parses a duration such as `10s`, `5m`, `1h`; a clear error otherwise.
@@ -209,7 +242,54 @@ impl Config {
                 .or(file.secrets.openbao_audience),
             gateway_config: args.gateway_config.clone().or(file.gateway_config),
             risk_config: args.risk_config.clone().or(file.risk_config),
+            model: args.model.clone().or(file.agent.model),
+            model_name: args.model_name.clone().or(file.agent.model_name),
+            model_url: args.model_url.clone().or(file.agent.model_url),
         })
+    }
+
+    /// The agent host's model; a usage error for an unknown provider, a
+    /// base URL that is not http(s), or provider settings without a provider.
+    pub fn model(&self) -> Result<ModelSettings, String> {
+        let given = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let url = given(&self.model_url);
+        if let Some(u) = &url {
+            let parsed =
+                url::Url::parse(u).map_err(|e| format!("invalid --model-url `{u}`: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(format!("invalid --model-url `{u}`: must be http or https"));
+            }
+        }
+        match given(&self.model).as_deref() {
+            None | Some("scripted") => {
+                if url.is_some() || given(&self.model_name).is_some() {
+                    return Err(
+                        "--model-name and --model-url need --model anthropic or --model openai"
+                            .into(),
+                    );
+                }
+                Ok(ModelSettings::Scripted)
+            }
+            Some(p @ ("anthropic" | "openai")) => Ok(ModelSettings::Provider {
+                provider: p.to_owned(),
+                name: given(&self.model_name).unwrap_or_else(|| {
+                    if p == "anthropic" {
+                        "claude-sonnet-4-5".to_owned()
+                    } else {
+                        "gpt-4o-mini".to_owned()
+                    }
+                }),
+                url,
+            }),
+            Some(other) => Err(format!(
+                "unknown --model `{other}`: use scripted, anthropic or openai"
+            )),
+        }
     }
 
     /// The OpenBao settings when the secrets backend is `openbao`, `None`
@@ -304,6 +384,9 @@ mod tests {
             openbao_audience: None,
             gateway_config: None,
             risk_config: None,
+            model: None,
+            model_name: None,
+            model_url: None,
         }
     }
 

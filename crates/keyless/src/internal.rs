@@ -1,5 +1,5 @@
 //! Identities of Keyless's own in-process components (the mTLS server, the
-//! MCP gateway, the demo tool servers). Their registration entries live in
+//! MCP gateway, the demo tool servers, the agent host). Their registration entries live in
 //! memory only: no workload selector can ever obtain these SPIFFE IDs.
 
 use std::sync::Arc;
@@ -10,6 +10,11 @@ use keyless_identity::{Identity, RegistrationEntry, SpiffeId};
 pub const GATEWAY_ID_PATH: &str = "/keyless/gateway";
 pub const DIRECTORY_ID_PATH: &str = "/demo/directory";
 pub const BANK_ID_PATH: &str = "/demo/bank";
+/// The agent host's agent (the console's chat assistant).
+pub const AGENT_ID_PATH: &str = "/agent/assistant";
+/// The agent host itself: reads the model provider's key from the secrets
+/// broker (the agent's own identity cannot).
+pub const AGENT_HOST_ID_PATH: &str = "/keyless/agent-host";
 
 /// Mints JWT-SVIDs for one in-process component.
 #[derive(Debug, Clone)]

@@ -6,9 +6,11 @@
 //! clap refuses). Every failure prints one line on stderr.
 
 mod admin;
+mod agent;
 mod cli;
 mod cmd;
 mod config;
+mod console_api;
 mod http;
 mod internal;
 mod pem;

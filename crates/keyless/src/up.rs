@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::config::{self, Config};
-use crate::{CliError, CliResult, admin, http, internal, signals};
+use crate::{CliError, CliResult, admin, agent, console_api, http, internal, signals};
 
 /// The gateway's client id at the STS.
 const GATEWAY_CLIENT_ID: &str = "keyless-gateway";
@@ -77,6 +77,8 @@ pub async fn run(args: UpArgs) -> CliResult {
         }
         None => keyless_signals::risk::RiskConfig::default(),
     };
+    // The agent host's model, also checked before the data dir is touched.
+    let model_settings = config.model().map_err(CliError::Usage)?;
     let data_dir = prepare_data_dir(&config.data_dir)?;
     let keys: Arc<dyn KeyManager> = Arc::new(
         FileKeyManager::open(&data_dir.join("keys")).context("cannot open the key manager")?,
@@ -385,6 +387,46 @@ pub async fn run(args: UpArgs) -> CliResult {
         sts.clone(),
         GATEWAY_CLIENT_ID,
     );
+    // The agent host: its agent talks to the gateway like any other agent
+    // (JWT-SVID + the user's token); the host itself reads the provider key
+    // from the secrets broker under its own identity.
+    let agent_svid = internal::InternalSvid::new(identity.clone(), internal::AGENT_ID_PATH)?;
+    let agent_host_svid =
+        internal::InternalSvid::new(identity.clone(), internal::AGENT_HOST_ID_PATH)?;
+    agent::register_broker_role(&secrets, &public_url, &agent_host_svid.spiffe_id()).await?;
+    let model = agent::build_model(&model_settings, |provider| {
+        Ok(Arc::new(agent::BrokerKey::new(
+            public_url.clone(),
+            provider.to_owned(),
+            agent_host_svid.clone(),
+        )?) as Arc<dyn keyless_agent::model::KeySource>)
+    })?;
+    let model_name = model.name();
+    let agent_host = Arc::new(keyless_agent::host::Host::new(
+        model,
+        Arc::new(agent::GatewayClient::new(
+            format!("{public_url}/mcp"),
+            agent_svid.clone(),
+        )?),
+        keyless_agent::host::HostConfig {
+            system_prompt: agent::SYSTEM_PROMPT.to_owned(),
+            ..keyless_agent::host::HostConfig::default()
+        },
+    ));
+    let console_state = console_api::ConsoleState {
+        host: agent_host,
+        sts: sts.clone(),
+        audit: audit.clone(),
+        identity: identity.clone(),
+        secrets: secrets.clone(),
+        transmitter: transmitter.clone(),
+        config: Arc::new(console_api::config_json(
+            &public_url,
+            &agent_svid.spiffe_id(),
+            &model_name,
+        )),
+        conversations: Arc::default(),
+    };
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -443,6 +485,8 @@ pub async fn run(args: UpArgs) -> CliResult {
         Arc::new(signals::StsAuthorizer { sts: sts.clone() }),
     ))
     .merge(keyless_signals::http::receiver_router(receiver.clone()))
+    .merge(console_api::router(console_state))
+    .merge(keyless_console::router())
     .merge(demo_routes);
     let mtls_router = mtls_listener.as_ref().map(|_| router.clone());
     let http_task = {
@@ -500,6 +544,10 @@ pub async fn run(args: UpArgs) -> CliResult {
         "  MCP gateway: {public_url}/mcp (agents: JWT-SVID with this audience; users: X-Keyless-Subject-Token)"
     );
     println!("  secrets backend: {secrets_backend}");
+    println!(
+        "  agent:    {} (model: {model_name}; try \"list users\" in the console)",
+        agent_svid.spiffe_id()
+    );
     if let Some((_, url)) = &mtls_task {
         println!("  mTLS:     {url} (client X509-SVIDs, certificate-bound tokens)");
     }
