@@ -133,6 +133,8 @@ def test_console_walks_a_newcomer_through_the_fabric(fabric, browser):
     expect(c.panel("token_exchange.success").first).to_be_visible(timeout=STEP_MS)
     expect(c.panel("token_exchange.success").first).to_contain_text("List users")
     assert page.get_by_test_id("approval-card").count() == 0
+    # The agent host fetched the agent's JWT-SVID for the gateway (and reuses it below).
+    expect(c.panel("svid.issued").first).to_contain_text("agent/assistant", timeout=STEP_MS)
     c.shot("list-users")
 
     # --- tier 2: an approval card, then the cached approval -----------------
@@ -143,6 +145,7 @@ def test_console_walks_a_newcomer_through_the_fabric(fabric, browser):
     expect(page.get_by_test_id("assistant-message").last).to_contain_text("dana", timeout=STEP_MS)
     # The group write of the same plan rode on the session's approval.
     expect(c.panel("approval.cached").first).to_be_visible(timeout=STEP_MS)
+    expect(c.panel("svid.cached").first).to_be_visible(timeout=STEP_MS)
     c.shot("create-user-approved")
     c.say("add dana to group engineering")
     c.wait_done()

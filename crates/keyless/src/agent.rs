@@ -43,6 +43,9 @@ pub struct GatewayClient {
     url: String,
     svid: InternalSvid,
     next_id: AtomicU64,
+    /// The agent's JWT-SVID for the gateway, reused until half its life.
+    cached: Mutex<Option<(String, Instant)>>,
+    audit: Arc<dyn keyless_audit::EventSink>,
 }
 
 // === impl GatewayClient ===
@@ -50,7 +53,11 @@ pub struct GatewayClient {
 impl GatewayClient {
     /// `url` is the gateway's canonical URI (`<base>/mcp`), also the
     /// audience of the agent's JWT-SVID.
-    pub fn new(url: String, svid: InternalSvid) -> anyhow::Result<Self> {
+    pub fn new(
+        url: String,
+        svid: InternalSvid,
+        audit: Arc<dyn keyless_audit::EventSink>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
@@ -59,7 +66,59 @@ impl GatewayClient {
             url,
             svid,
             next_id: AtomicU64::new(1),
+            cached: Mutex::new(None),
+            audit,
         })
+    }
+
+    /// The agent's JWT-SVID for the gateway: minted (`svid.issued`) when
+    /// there is none or it passed half its life, else reused (`svid.cached`,
+    /// duration 0), as a workload caching its SVID would.
+    async fn agent_svid(&self, record_hit: bool) -> Result<String, GatewayError> {
+        use keyless_audit::{Event, Outcome};
+        let mut cached = self.cached.lock().await;
+        if let Some((token, refresh_at)) = cached.as_ref()
+            && Instant::now() < *refresh_at
+        {
+            if !record_hit {
+                return Ok(token.clone());
+            }
+            let mut event = Event::new(keyless_audit::kinds::SVID_CACHED, Outcome::Success)
+                .agent(self.svid.spiffe_id())
+                .detail("kind", "jwt")
+                .detail("audience", self.url.as_str());
+            event.duration_ms = Some(0.0);
+            if let Err(e) = self.audit.record_queued(event).await {
+                tracing::warn!(error = %e, "cannot record svid.cached");
+            }
+            return Ok(token.clone());
+        }
+        let started = Instant::now();
+        let svid = self
+            .svid
+            .mint_jwt(&self.url)
+            .map_err(|e| GatewayError::Unavailable(format!("no JWT-SVID for the agent: {e}")))?;
+        let life = svid
+            .expires_at
+            .duration_since(svid.issued_at)
+            .unwrap_or_default();
+        let left = svid
+            .expires_at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let mut event = Event::new("svid.issued", Outcome::Success)
+            .agent(self.svid.spiffe_id())
+            .detail("kind", "jwt")
+            .detail("audience", self.url.as_str())
+            .detail("by", "agent host (in process)");
+        event.token_expires_in = i64::try_from(left.as_secs()).ok();
+        event.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        // The SVID leaves this function only once its issuance is recorded.
+        self.audit.record(event).await.map_err(|e| {
+            GatewayError::Unavailable(format!("cannot record the SVID issuance: {e}"))
+        })?;
+        *cached = Some((svid.token.clone(), Instant::now() + life / 2));
+        Ok(svid.token)
     }
 
     /// One JSON-RPC request; the `result`, or why there is none.
@@ -70,10 +129,9 @@ impl GatewayClient {
         params: Value,
         timeout: Duration,
     ) -> Result<Value, GatewayError> {
-        let agent =
-            self.svid.jwt_svid(&self.url).await.map_err(|e| {
-                GatewayError::Unavailable(format!("no JWT-SVID for the agent: {e}"))
-            })?;
+        // A cache hit is on the record for tool calls (what the panel shows
+        // per call), not for every tool listing.
+        let agent = self.agent_svid(method == "tools/call").await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let resp = self
             .http

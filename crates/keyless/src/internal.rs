@@ -56,6 +56,13 @@ impl InternalSvid {
     pub fn spiffe_id(&self) -> String {
         self.entry.spiffe_id.to_string()
     }
+
+    /// A JWT-SVID for `audience`, with its lifetime.
+    pub fn mint_jwt(&self, audience: &str) -> Result<keyless_identity::JwtSvid, String> {
+        self.identity
+            .mint_jwt_svid(&self.entry, &[audience.to_owned()])
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[async_trait::async_trait]

@@ -407,6 +407,7 @@ pub async fn run(args: UpArgs) -> CliResult {
         Arc::new(agent::GatewayClient::new(
             format!("{public_url}/mcp"),
             agent_svid.clone(),
+            audit.clone(),
         )?),
         keyless_agent::host::HostConfig {
             system_prompt: agent::SYSTEM_PROMPT.to_owned(),
