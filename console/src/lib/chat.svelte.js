@@ -6,6 +6,7 @@
 import { apiFetch, failure } from './api.js';
 import { endSession, onSessionEnd, SessionEnded } from './auth.svelte.js';
 import { readSse } from './sse.js';
+import { poll as pollApprovals } from './approvals.svelte.js';
 import { load, save, KEYS } from './storage.js';
 
 export const chat = $state({
@@ -103,6 +104,16 @@ export async function send(message) {
           target.status = refused ? 'refused' : 'done';
           target.text = d.text ?? null;
           target.refusal = d.refusal ?? null;
+          break;
+        }
+        case 'approval_required': {
+          // The gateway holds this call until the user decides: say so on
+          // its card, and fetch the approval card now rather than at the next poll.
+          const card = chat.items.findLast(
+            (i) => i.kind === 'tool' && i.status === 'calling' && (!d.tool || i.tool === d.tool),
+          );
+          if (card) card.status = 'awaiting';
+          void pollApprovals();
           break;
         }
         case 'warning':

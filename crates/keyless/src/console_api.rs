@@ -315,6 +315,10 @@ async fn chat(State(s): State<ConsoleState>, headers: HeaderMap, body: Bytes) ->
             );
         }
     };
+    // One outgoing stream: the host's events, and, while the turn runs, the
+    // approvals this session's calls wait for (the gateway holds the call
+    // silently until the human decides; the browser learns why from here).
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<(String, Value)>(64);
     let (tx, rx) = tokio::sync::mpsc::channel::<ChatEvent>(64);
     let host = s.host.clone();
     let conversations = s.conversations.clone();
@@ -325,6 +329,9 @@ async fn chat(State(s): State<ConsoleState>, headers: HeaderMap, body: Bytes) ->
             c.checkin(&turn_id, history);
         }
     });
+    let watch = s.audit.subscribe();
+    let session = claims.sid.clone();
+    tokio::spawn(forward_turn(out_tx, rx, watch, session));
     let first = futures::stream::once(async move {
         Ok::<_, Infallible>(
             SseEvent::default()
@@ -332,14 +339,8 @@ async fn chat(State(s): State<ConsoleState>, headers: HeaderMap, body: Bytes) ->
                 .data(json!({ "conversation_id": id }).to_string()),
         )
     });
-    let events = futures::stream::unfold(rx, |mut rx| async move {
-        let event = rx.recv().await?;
-        let data = serde_json::to_value(&event).unwrap_or(Value::Null);
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("message")
-            .to_owned();
+    let events = futures::stream::unfold(out_rx, |mut rx| async move {
+        let (kind, data) = rx.recv().await?;
         Some((
             Ok::<_, Infallible>(SseEvent::default().event(kind).data(data.to_string())),
             rx,
@@ -349,6 +350,62 @@ async fn chat(State(s): State<ConsoleState>, headers: HeaderMap, body: Bytes) ->
     Sse::new(first.chain(events))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// Moves a turn's events to the browser, adding an `approval_required`
+/// event for each approval the session's calls wait for, until the turn's
+/// `done` (or the browser leaves).
+async fn forward_turn(
+    out: tokio::sync::mpsc::Sender<(String, Value)>,
+    mut turn: tokio::sync::mpsc::Receiver<ChatEvent>,
+    mut audit: tokio::sync::broadcast::Receiver<Arc<keyless_audit::LogEntry>>,
+    session: Option<String>,
+) {
+    // Without a session there is nothing to match approvals with.
+    let mut watching = session.is_some();
+    loop {
+        tokio::select! {
+            event = turn.recv() => {
+                let Some(event) = event else { return };
+                let data = serde_json::to_value(&event).unwrap_or(Value::Null);
+                let kind = data
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("message")
+                    .to_owned();
+                let done = kind == "done";
+                if out.send((kind, data)).await.is_err() || done {
+                    return;
+                }
+            }
+            entry = audit.recv(), if watching => {
+                let entry = match entry {
+                    Ok(e) => e,
+                    // Missing one is harmless: the console also polls.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        watching = false;
+                        continue;
+                    }
+                };
+                let e = &entry.event;
+                if e.kind != "approval.required" || e.session != session {
+                    continue;
+                }
+                let data = json!({
+                    "type": "approval_required",
+                    "approval_id": e.detail.get("approval_id"),
+                    "tool": e.tool,
+                    "tier": e.tier,
+                    "summary": e.rar_summary,
+                    "expires_at": e.detail.get("expires_at"),
+                });
+                if out.send(("approval_required".to_owned(), data)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn audit_verify(State(s): State<ConsoleState>, headers: HeaderMap) -> Response {
