@@ -146,7 +146,7 @@ def test_console_walks_a_newcomer_through_the_fabric(fabric, browser):
     # --- tier 2: an approval card, then the cached approval -----------------
     c.say("create user dana in group finance")
     card = c.approve_next()
-    assert "create_user" in card, card
+    assert "create_user" in card and "\"Dana\"" in card, card  # the exact arguments
     c.wait_done()
     expect(page.get_by_test_id("assistant-message").last).to_contain_text("dana", timeout=STEP_MS)
     # The group write of the same plan rode on the session's approval.

@@ -88,6 +88,9 @@ pub struct ApprovalRequest {
     pub tier: u8,
     /// SHA-256 (hex) of the call's canonical arguments.
     pub args_sha256: String,
+    /// The canonical arguments themselves (the text hashed into
+    /// `args_sha256`), shown to the person deciding; checked against the hash.
+    pub arguments: Option<String>,
     /// One human line describing the call (`rar_summary`).
     pub summary: String,
     pub correlation_id: Option<String>,
@@ -117,6 +120,8 @@ pub struct Approval {
     pub tool: String,
     pub tier: u8,
     pub args_sha256: String,
+    /// The call's arguments (absent on approvals stored before they were kept).
+    pub arguments: Option<serde_json::Value>,
     pub summary: String,
     /// `pending`, `approved`, `denied`, `expired` or `used`.
     pub status: String,
@@ -210,8 +215,8 @@ impl Approvals {
         let expires_at = now.saturating_add(millis(self.timeout));
         sqlx::query(
             "INSERT INTO gateway_approvals (id, user_sub, user_email, session_id, agent, tool, \
-             tier, args_sha256, summary, status, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             tier, args_sha256, summary, status, created_at, expires_at, arguments) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&id)
         .bind(&req.user_sub)
@@ -225,6 +230,7 @@ impl Approvals {
         .bind(PENDING)
         .bind(now)
         .bind(expires_at)
+        .bind(&req.arguments)
         .execute(self.store.pool())
         .await?;
         let event = request_event(APPROVAL_REQUIRED, Outcome::Pending, req)
@@ -358,7 +364,7 @@ impl Approvals {
     pub async fn pending(&self, user_sub: &str) -> Result<Vec<Approval>, ApprovalError> {
         let rows = sqlx::query(
             "SELECT id, user_sub, user_email, session_id, agent, tool, tier, args_sha256, \
-             summary, status, created_at, expires_at, decided_at FROM gateway_approvals \
+             arguments, summary, status, created_at, expires_at, decided_at FROM gateway_approvals \
              WHERE user_sub = $1 AND status = $2 AND expires_at > $3 \
              ORDER BY created_at DESC, id DESC",
         )
@@ -374,7 +380,7 @@ impl Approvals {
     pub async fn get(&self, approval_id: &str) -> Result<Option<Approval>, ApprovalError> {
         let row = sqlx::query(
             "SELECT id, user_sub, user_email, session_id, agent, tool, tier, args_sha256, \
-             summary, status, created_at, expires_at, decided_at FROM gateway_approvals \
+             arguments, summary, status, created_at, expires_at, decided_at FROM gateway_approvals \
              WHERE id = $1",
         )
         .bind(approval_id)
@@ -508,6 +514,15 @@ fn validate(req: &ApprovalRequest) -> Result<(), ApprovalError> {
     if !hex_sha256 {
         return invalid("`args_sha256` is not a lowercase hex SHA-256");
     }
+    // What the person sees must be what they approve.
+    if let Some(args) = &req.arguments
+        && hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            args.as_bytes(),
+        )) != req.args_sha256
+    {
+        return invalid("the arguments do not match `args_sha256`");
+    }
     Ok(())
 }
 
@@ -551,6 +566,9 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Approval, ApprovalError> {
         tool: r.try_get("tool")?,
         tier,
         args_sha256: r.try_get("args_sha256")?,
+        arguments: r
+            .try_get::<Option<String>, _>("arguments")?
+            .and_then(|t| serde_json::from_str(&t).ok()),
         summary: r.try_get("summary")?,
         status: r.try_get("status")?,
         created_at: r.try_get("created_at")?,

@@ -450,6 +450,7 @@ impl Gateway {
                 tool: name.to_owned(),
                 tier,
                 args_sha256: args_sha256.clone(),
+                arguments: Some(args_text.clone()),
                 summary: rar_summary
                     .clone()
                     .unwrap_or_else(|| format!("Call {name}")),

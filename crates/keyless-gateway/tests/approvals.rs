@@ -32,6 +32,10 @@ const AGENT: &str = "spiffe://example.org/agent/helper";
 const TD: &str = "example.org";
 const ISSUER: &str = "http://127.0.0.1:8180";
 
+fn args_text(args: &Value) -> String {
+    args.to_string()
+}
+
 fn args_hash(args: &Value) -> String {
     hex::encode(aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
@@ -48,6 +52,7 @@ fn request(user: &str, session: &str, tool: &str, tier: u8, args: &Value) -> App
         tool: tool.into(),
         tier,
         args_sha256: args_hash(args),
+        arguments: Some(args_text(args)),
         summary: format!("Call {tool}"),
         correlation_id: Some("corr-1".into()),
     }
@@ -353,6 +358,13 @@ async fn bad_requests_are_refused_and_create_nothing() {
     });
     bad.push(ApprovalRequest {
         args_sha256: args_hash(&json!({})).to_uppercase(),
+        tier: 3,
+        ..good.clone()
+    });
+    // Arguments that are not the ones hashed: the person would approve
+    // something other than what runs.
+    bad.push(ApprovalRequest {
+        arguments: Some(args_text(&json!({"email": "mallory@example.com"}))),
         tier: 3,
         ..good.clone()
     });

@@ -40,6 +40,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_audit_jtis"),
     migration!(10, "0010_gateway"),
     migration!(11, "0011_signals"),
+    migration!(12, "0012_approval_arguments"),
 ];
 
 pub(crate) async fn current_version(store: &Store) -> Result<i64, StoreError> {
