@@ -164,6 +164,13 @@ def test_timeline_counts_decisions_and_checks_its_parameter(fabric, alice):
         assert resp.status_code == 400, (bad, resp.text)
     verify = requests.get(f"{base}/api/audit/verify", headers=auth, timeout=TIMEOUT).json()
     assert verify["ok"] is True and verify["size"] > 0, verify
+    # The fabric's own push stream to its receiver (created at start).
+    streams = requests.get(f"{base}/api/streams", headers=auth, timeout=TIMEOUT).json()["streams"]
+    assert any(st["delivery"]["endpoint_url"] == f"{base}/ssf/push" for st in streams), streams
+    # The agent's registration is in memory only, so not listed; the SVIDs
+    # it was issued are.
+    ids = requests.get(f"{base}/api/identities", headers=auth, timeout=TIMEOUT).json()
+    assert any(e["agent"] == AGENT for e in ids["svids"]), ids["svids"]
 
 
 @pytest.mark.parametrize(

@@ -611,3 +611,70 @@ async fn timeline(
         .collect();
     axum::Json(json!({ "buckets": buckets })).into_response()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn checkout(
+        c: &mut Conversations,
+        owner: &str,
+        id: Option<&str>,
+    ) -> Result<String, &'static str> {
+        c.checkout(owner, id)
+            .map(|(id, _)| id)
+            .map_err(|e| match e {
+                Checkout::NotFound => "not found",
+                Checkout::Busy => "busy",
+            })
+    }
+
+    #[test]
+    fn a_conversation_is_its_owners_and_takes_one_turn_at_a_time() {
+        let mut c = Conversations::default();
+        let id = checkout(&mut c, "alice", None).unwrap();
+        // While the turn runs, its history is out: a second turn waits.
+        assert_eq!(checkout(&mut c, "alice", Some(&id)), Err("busy"));
+        c.checkin(&id, vec![Message::user_text("list users")]);
+        // Someone else's conversation is "not found", like an unknown one.
+        assert_eq!(checkout(&mut c, "bob", Some(&id)), Err("not found"));
+        assert_eq!(checkout(&mut c, "alice", Some("nope")), Err("not found"));
+        let (again, history) = c.checkout("alice", Some(&id)).ok().unwrap();
+        assert_eq!(again, id);
+        assert_eq!(history.len(), 1);
+    }
+
+    #[test]
+    fn a_user_keeps_a_bounded_number_of_conversations() {
+        let mut c = Conversations::default();
+        let first = checkout(&mut c, "alice", None).unwrap();
+        c.checkin(&first, Vec::new());
+        // Used a while ago (no tie with the ones opened below).
+        let entry = c.map.get_mut(&first).unwrap();
+        entry.used = entry
+            .used
+            .checked_sub(std::time::Duration::from_secs(60))
+            .unwrap_or(entry.used);
+        for _ in 0..MAX_CONVERSATIONS_PER_USER {
+            let id = checkout(&mut c, "alice", None).unwrap();
+            c.checkin(&id, Vec::new());
+        }
+        let mine = c.map.values().filter(|v| v.owner == "alice").count();
+        assert_eq!(mine, MAX_CONVERSATIONS_PER_USER);
+        // The least recently used went first.
+        assert!(!c.map.contains_key(&first));
+        // Others are untouched by alice's churn.
+        let bobs = checkout(&mut c, "bob", None).unwrap();
+        assert!(c.map.contains_key(&bobs));
+    }
+
+    #[test]
+    fn only_decisions_count_on_the_timeline() {
+        assert!(is_decision("token_exchange.denied"));
+        assert!(is_decision("approval.cached"));
+        assert!(is_decision("tool.called"));
+        assert!(!is_decision("svid.cached"));
+        assert!(!is_decision("audit.checkpoint"));
+    }
+}
