@@ -42,6 +42,7 @@ PROVIDERS = {
         # Anthropic reports overload inside a 200 stream, as an `error` event.
         "error": (200, "anthropic_overloaded.sse", "overloaded"),
         "key_header": "x-api-key",
+        "unauthorized": "anthropic_401.json",
         "key": "sk-ant-fixture-0123456789abcdef",
         "tool": "directory.list_users",
         "tool_result_in": lambda body: [
@@ -54,6 +55,7 @@ PROVIDERS = {
         "turn": ["openai_tool_calls.sse", "openai_final.sse"],
         "error": (429, "openai_429.json", "429"),
         "key_header": "authorization",
+        "unauthorized": "openai_401.json",
         "key": "sk-proj-fixture-0123456789abcdef",
         "tool": "directory.get_user",
         "tool_result_in": lambda body: [m for m in body["messages"] if m["role"] == "tool"],
@@ -175,9 +177,24 @@ def test_provider_tool_loop_with_the_key_from_the_broker(fabric_factory, provide
         errors = [e["message"] for k, e in events if k == "error"]
         assert errors and says in errors[0].lower(), events
 
+        # The key is rotated in the broker: the host holds the old one until
+        # the provider refuses it, then reads the new one for the next turn.
+        rotated = p["key"] + "-rotated"
+        fabric.cli("secrets", "kv", "put", f"keyless/agent/{provider}", f"api_key={rotated}").ok()
+        fixture.queue = [(401, p["unauthorized"])] + [(200, f) for f in p["turn"]]
+        events = chat(base, token, "list users")
+        errors = [e["message"] for k, e in events if k == "error"]
+        assert errors and "401" in errors[0], events
+        refused_with = fixture.requests[-1]["headers"][p["key_header"]]
+        assert refused_with.endswith(p["key"]), "the held key was not the one refused"
+        events = chat(base, token, "who is in the directory?")
+        assert "error" not in [k for k, _ in events], events
+        assert fixture.requests[-1]["headers"][p["key_header"]].endswith(rotated), "the rotated key was not read"
+
         # The key is at rest nowhere in plain text.
         for f in Path(fabric.data_dir).rglob("*"):
             if f.is_file() and not f.is_socket():
                 assert p["key"].encode() not in f.read_bytes(), f"the provider key is in plain text in {f}"
+                assert rotated.encode() not in f.read_bytes(), f"the rotated key is in plain text in {f}"
     finally:
         fixture.close()

@@ -128,7 +128,15 @@ impl Model for Anthropic {
             .header("content-type", "application/json")
             .header("accept", "text/event-stream")
             .body(self.body(req).to_string());
-        let stream = transport::send(request, self.config.timeout).await?;
+        let stream = match transport::send(request, self.config.timeout).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                if e.is_key_refused() {
+                    self.key.refused().await;
+                }
+                return Err(e);
+            }
+        };
         read_stream(stream, sink).await
     }
 }

@@ -151,11 +151,31 @@ pub struct ApiKey(String);
 #[async_trait]
 pub trait KeySource: Send + Sync {
     async fn api_key(&self) -> Result<ApiKey, ModelError>;
+
+    /// The provider refused the key (HTTP 401/403): forget any copy held,
+    /// so the next request reads it afresh (a rotated key is picked up at
+    /// once). By default there is nothing to forget.
+    async fn refused(&self) {}
 }
 
 /// A fixed key, for tests and fixtures.
 #[derive(Debug, Clone)]
 pub struct StaticKey(pub ApiKey);
+
+// === impl ModelError ===
+
+impl ModelError {
+    /// The provider refused the API key itself (HTTP 401 or 403).
+    pub fn is_key_refused(&self) -> bool {
+        matches!(
+            self,
+            ModelError::Provider {
+                status: Some(401 | 403),
+                ..
+            }
+        )
+    }
+}
 
 // === impl Message ===
 
@@ -228,6 +248,21 @@ impl KeySource for StaticKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_authentication_refusal_drops_the_key() {
+        let provider = |status| ModelError::Provider {
+            status: Some(status),
+            kind: "x".into(),
+            message: "y".into(),
+        };
+        assert!(provider(401).is_key_refused());
+        assert!(provider(403).is_key_refused());
+        assert!(!provider(429).is_key_refused());
+        assert!(!provider(500).is_key_refused());
+        assert!(!ModelError::Transport("cut".into()).is_key_refused());
+        assert!(!ModelError::Key("missing".into()).is_key_refused());
+    }
 
     #[test]
     fn api_key_debug_hides_the_value() {

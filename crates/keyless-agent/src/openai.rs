@@ -130,7 +130,15 @@ impl Model for OpenAi {
         if !key.expose().is_empty() {
             request = request.header("authorization", format!("Bearer {}", key.expose()));
         }
-        let stream = transport::send(request, self.config.timeout).await?;
+        let stream = match transport::send(request, self.config.timeout).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                if e.is_key_refused() {
+                    self.key.refused().await;
+                }
+                return Err(e);
+            }
+        };
         read_stream(stream, sink).await
     }
 }

@@ -442,6 +442,13 @@ impl KeySource for BrokerKey {
         *cached = Some((key.clone(), until));
         Ok(key)
     }
+
+    /// The provider refused the key: it was probably rotated in the
+    /// broker. Forget it; the next request logs in and reads it again.
+    async fn refused(&self) {
+        tracing::info!(provider = %self.provider, "the model provider refused its API key; it will be read again from the secrets broker");
+        *self.cached.lock().await = None;
+    }
 }
 
 /// Registers the broker policy and role the agent host logs in with
