@@ -277,8 +277,10 @@ def test_secrets_cli_refuses_bad_input_and_changes_nothing(fabric, tmp_path):
     r = fabric.cli("secrets", "kv", "put", "secret/app/x", "novalue")
     assert r.code == 2 and "KEY=VALUE" in r.stderr
 
-    assert fabric.cli("secrets", "policy", "list").ok().stdout.split() == ["default"]
-    assert fabric.cli("secrets", "role", "list").ok().stdout.strip() == ""
+    # Nothing but what `up` itself registers: the default policy, and the
+    # agent host's policy and role (it reads its model provider's key).
+    assert fabric.cli("secrets", "policy", "list").ok().stdout.split() == ["default", "keyless-agent-host"]
+    assert fabric.cli("secrets", "role", "list").ok().stdout.split() == ["keyless-agent-host"]
 
 
 def _pg_rows(url: str, sql: str) -> list[str]:
