@@ -8,6 +8,10 @@
 //! on the server keeps every token away from the model and the page. Only
 //! `anthropic.rs` and `openai.rs` know a provider's wire format; the HTTP
 //! chat API, the gateway client and the key source belong to the caller.
+//!
+//! Not yet: conversations live in the host's memory only (a restart starts
+//! them afresh); no token-usage accounting or per-user model budgets; MCP
+//! sampling and elicitation requests from tools are not relayed to the user.
 
 pub mod anthropic;
 pub mod host;
