@@ -128,15 +128,7 @@ impl Model for Anthropic {
             .header("content-type", "application/json")
             .header("accept", "text/event-stream")
             .body(self.body(req).to_string());
-        let stream = match transport::send(request, self.config.timeout).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                if e.is_key_refused() {
-                    self.key.refused().await;
-                }
-                return Err(e);
-            }
-        };
+        let stream = transport::send_keyed(request, self.config.timeout, self.key.as_ref()).await?;
         read_stream(stream, sink).await
     }
 }

@@ -130,15 +130,7 @@ impl Model for OpenAi {
         if !key.expose().is_empty() {
             request = request.header("authorization", format!("Bearer {}", key.expose()));
         }
-        let stream = match transport::send(request, self.config.timeout).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                if e.is_key_refused() {
-                    self.key.refused().await;
-                }
-                return Err(e);
-            }
-        };
+        let stream = transport::send_keyed(request, self.config.timeout, self.key.as_ref()).await?;
         read_stream(stream, sink).await
     }
 }

@@ -56,6 +56,22 @@ pub(crate) async fn send(
     })
 }
 
+/// [`send`], telling `key` when the provider refused it (401/403) so the
+/// next request reads the key afresh.
+pub(crate) async fn send_keyed(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+    key: &dyn crate::model::KeySource,
+) -> Result<EventStream, ModelError> {
+    let sent = send(request, timeout).await;
+    if let Err(e) = &sent
+        && e.is_key_refused()
+    {
+        key.refused().await;
+    }
+    sent
+}
+
 /// An error body (`{"error": {"type", "message", "code"}}`, the shape both
 /// providers use) as a [`ModelError::Provider`]; anything else keeps the
 /// start of the raw body as the message so the user still sees something.

@@ -491,29 +491,31 @@ pub fn build_model(
             name,
             url,
         } => {
+            use keyless_agent::anthropic::{Anthropic, AnthropicConfig};
+            use keyless_agent::openai::{OpenAi, OpenAiConfig};
             let key = key(provider)?;
+            // A model's answer can take a while; each wait is bounded by this.
             let timeout = Duration::from_secs(120);
-            match provider.as_str() {
-                "anthropic" => Arc::new(keyless_agent::anthropic::Anthropic::new(
-                    keyless_agent::anthropic::AnthropicConfig {
-                        base_url: url
-                            .clone()
-                            .unwrap_or_else(|| "https://api.anthropic.com".into()),
+            if provider == "anthropic" {
+                let defaults = AnthropicConfig::default();
+                Arc::new(Anthropic::new(
+                    AnthropicConfig {
+                        base_url: url.clone().unwrap_or(defaults.base_url),
                         model: name.clone(),
                         timeout,
                     },
                     key,
-                )?),
-                _ => Arc::new(keyless_agent::openai::OpenAi::new(
-                    keyless_agent::openai::OpenAiConfig {
-                        base_url: url
-                            .clone()
-                            .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+                )?)
+            } else {
+                let defaults = OpenAiConfig::default();
+                Arc::new(OpenAi::new(
+                    OpenAiConfig {
+                        base_url: url.clone().unwrap_or(defaults.base_url),
                         model: name.clone(),
                         timeout,
                     },
                     key,
-                )?),
+                )?)
             }
         }
     })

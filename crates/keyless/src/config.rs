@@ -279,9 +279,9 @@ impl Config {
                 provider: p.to_owned(),
                 name: given(&self.model_name).unwrap_or_else(|| {
                     if p == "anthropic" {
-                        "claude-sonnet-4-5".to_owned()
+                        keyless_agent::anthropic::AnthropicConfig::default().model
                     } else {
-                        "gpt-4o-mini".to_owned()
+                        keyless_agent::openai::OpenAiConfig::default().model
                     }
                 }),
                 url,
