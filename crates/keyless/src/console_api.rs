@@ -44,6 +44,8 @@ const MAX_CHAT_BODY: usize = 16 * 1024;
 /// Conversations kept per user and in all; the least recently used go first.
 const MAX_CONVERSATIONS_PER_USER: usize = 20;
 const MAX_CONVERSATIONS: usize = 2000;
+/// Turns one user may have running at once (each may call a paid model).
+const MAX_RUNNING_TURNS_PER_USER: usize = 4;
 /// Audit entries scanned (newest first) for the timeline and SVID views.
 const MAX_SCAN: u64 = 5000;
 
@@ -76,6 +78,8 @@ pub fn config_json(public_url: &str, agent: &str, model: &str) -> Value {
 enum Checkout {
     NotFound,
     Busy,
+    /// The user already has [`MAX_RUNNING_TURNS_PER_USER`] turns running.
+    TooMany,
 }
 
 /// Conversations in memory.
@@ -102,6 +106,14 @@ impl Conversations {
         owner: &str,
         id: Option<&str>,
     ) -> Result<(String, Vec<Message>), Checkout> {
+        let running = self
+            .map
+            .values()
+            .filter(|c| c.owner == owner && c.history.is_none())
+            .count();
+        if running >= MAX_RUNNING_TURNS_PER_USER {
+            return Err(Checkout::TooMany);
+        }
         match id {
             Some(id) => {
                 let c = self
@@ -312,6 +324,15 @@ async fn chat(State(s): State<ConsoleState>, headers: HeaderMap, body: Bytes) ->
                 StatusCode::CONFLICT,
                 "busy",
                 "this conversation is still answering the previous message",
+            );
+        }
+        Err(Checkout::TooMany) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                &format!(
+                    "you already have {MAX_RUNNING_TURNS_PER_USER} answers running; wait for one to finish"
+                ),
             );
         }
     };
@@ -627,6 +648,7 @@ mod tests {
             .map_err(|e| match e {
                 Checkout::NotFound => "not found",
                 Checkout::Busy => "busy",
+                Checkout::TooMany => "too many",
             })
     }
 
@@ -643,6 +665,27 @@ mod tests {
         let (again, history) = c.checkout("alice", Some(&id)).ok().unwrap();
         assert_eq!(again, id);
         assert_eq!(history.len(), 1);
+    }
+
+    #[test]
+    fn a_user_runs_a_bounded_number_of_turns_at_once() {
+        let mut c = Conversations::default();
+        for _ in 0..MAX_RUNNING_TURNS_PER_USER {
+            checkout(&mut c, "alice", None).unwrap();
+        }
+        assert_eq!(checkout(&mut c, "alice", None), Err("too many"));
+        // Another user is not held back by alice's turns.
+        let bobs = checkout(&mut c, "bob", None).unwrap();
+        // A finished turn makes room again.
+        let running: Vec<String> = c
+            .map
+            .iter()
+            .filter(|(_, v)| v.owner == "alice")
+            .map(|(k, _)| k.clone())
+            .collect();
+        c.checkin(&running[0], Vec::new());
+        assert!(checkout(&mut c, "alice", None).is_ok());
+        assert!(c.map.contains_key(&bobs));
     }
 
     #[test]
