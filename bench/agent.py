@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import statistics
@@ -26,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "interop"))
+from chat import chat  # noqa: E402
 from signin import grant_consent, sign_in  # noqa: E402
 
 AGENT_PATH = "/agent/assistant"
@@ -86,26 +85,6 @@ class Fabric:
         raise SystemExit(f"no password for {email}")
 
 
-def chat(base: str, token: str, message: str, conversation: str | None) -> tuple[str | None, list[str]]:
-    body = {"message": message}
-    if conversation:
-        body["conversation_id"] = conversation
-    kinds = []
-    with requests.post(f"{base}/api/chat", json=body, headers={"Authorization": f"Bearer {token}"},
-                       stream=True, timeout=60) as r:
-        r.raise_for_status()
-        event = None
-        for line in r.iter_lines(decode_unicode=True):
-            if line.startswith("event:"):
-                event = line[6:].strip()
-                kinds.append(event)
-            elif line.startswith("data:") and event == "conversation":
-                conversation = json.loads(line[5:])["conversation_id"]
-            elif line.startswith("data:") and event == "done":
-                break
-    return conversation, kinds
-
-
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -153,7 +132,9 @@ def main() -> None:
             if i % 10 == 0:
                 conversation = None
             s = time.perf_counter()
-            conversation, kinds = chat(f.base_url, token, "list users", conversation)
+            events = chat(f.base_url, token, "list users", conversation, timeout=60)
+            conversation = events[0][1]["conversation_id"]
+            kinds = [k for k, _ in events]
             lat.append(time.perf_counter() - s)
             if "tool_result" not in kinds or "error" in kinds:
                 raise SystemExit(f"turn {i}: {kinds}")

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from chat import chat
 from conftest import ROOT
 from signin import grant_consent, sign_in
 from test_gateway import demo_password
@@ -100,25 +101,6 @@ class FixtureProvider:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def chat(base: str, token: str, message: str) -> list[tuple[str, dict]]:
-    """One `/api/chat` turn, read to its `done` event (bounded by TIMEOUT)."""
-    events: list[tuple[str, dict]] = []
-    with requests.post(f"{base}/api/chat", json={"message": message},
-                       headers={"Authorization": f"Bearer {token}"}, stream=True, timeout=TIMEOUT) as r:
-        assert r.status_code == 200, f"{r.status_code}: {r.text[:300]}"
-        assert r.headers["content-type"].startswith("text/event-stream")
-        kind = None
-        for line in r.iter_lines(decode_unicode=True):
-            if line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:"):
-                events.append((kind, json.loads(line[5:])))
-                if kind == "done":
-                    break
-    assert events and events[-1][0] == "done", events
-    return events
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])

@@ -19,6 +19,7 @@ import subprocess
 import pytest
 import requests
 
+from chat import read_turn
 from conftest import free_port, keyless_bin
 from signin import add_user, grant_consent, log_out, sign_in
 from test_gateway import demo_password
@@ -37,18 +38,6 @@ def post_chat(base: str, token: str | None, body, **headers) -> requests.Respons
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     h.setdefault("Content-Type", "application/json")
     return requests.post(f"{base}/api/chat", data=data, headers=h, timeout=TIMEOUT)
-
-
-def read_turn(resp: requests.Response) -> list[tuple[str, dict]]:
-    events, kind = [], None
-    for line in resp.iter_lines(decode_unicode=True):
-        if line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            events.append((kind, json.loads(line[5:])))
-            if kind == "done":
-                break
-    return events
 
 
 @pytest.fixture
