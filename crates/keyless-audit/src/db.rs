@@ -62,29 +62,141 @@ fn entry_row(r: &sqlx::any::AnyRow) -> Result<EntryRow, AuditError> {
 /// Indexes the token ids events name (`detail.jti`), see migration 0009.
 pub(crate) async fn insert_jtis(
     tx: &mut Transaction<'static, Any>,
-    rows: &[(&str, &str, u64)],
+    rows: &[JtiRow<'_>],
 ) -> Result<(), AuditError> {
     let mut done = 0usize;
     while done < rows.len() {
         let left = rows.len() - done;
         let n = INSERT_CHUNKS.into_iter().find(|c| *c <= left).unwrap_or(1);
-        let mut sql = String::from("INSERT INTO audit_jtis (jti, kind, idx) VALUES ");
+        let mut sql = String::from("INSERT INTO audit_jtis (jti, kind, idx, at) VALUES ");
         for i in 0..n {
-            let p = i * 3;
+            let p = i * 4;
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("(${},${},${})", p + 1, p + 2, p + 3));
+            sql.push_str(&format!("(${},${},${},${})", p + 1, p + 2, p + 3, p + 4));
         }
         // Only placeholders are interpolated, never data.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (jti, kind, idx) in rows.iter().skip(done).take(n) {
-            q = q.bind(*jti).bind(*kind).bind(to_i64(*idx)?);
+        for (jti, kind, idx, at) in rows.iter().skip(done).take(n) {
+            q = q.bind(*jti).bind(*kind).bind(to_i64(*idx)?).bind(*at);
         }
         q.execute(&mut **tx).await?;
         done += n;
     }
     Ok(())
+}
+
+/// One batch as ONE statement string on SQLite: `BEGIN IMMEDIATE`, the
+/// entries, their token ids, the seal, `COMMIT`. sqlx hands every
+/// statement to the connection's worker thread and back; five round trips
+/// per batch cost more than the work itself, one does not. `$n`
+/// placeholders are numbered across the whole string (sqlx binds `$n` to
+/// the n-th argument). On any error the transaction is rolled back on the
+/// same connection before it goes back to the pool.
+pub(crate) async fn commit_batch_sqlite(
+    pool: &AnyPool,
+    first: u64,
+    rows: &[(Hash, Hash, &str)],
+    jtis: &[JtiRow<'_>],
+    seal: (u64, &Hash, &str, &[u8]),
+) -> Result<(), AuditError> {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(64 + rows.len() * 24 + jtis.len() * 20);
+    sql.push_str("BEGIN IMMEDIATE;");
+    let mut n = 0usize;
+    let mut next = |sql: &mut String| {
+        n += 1;
+        let _ = write!(sql, "${n}");
+    };
+    if !rows.is_empty() {
+        sql.push_str("INSERT INTO audit_entries (idx, leaf_hash, root, event) VALUES ");
+        for i in 0..rows.len() {
+            sql.push_str(if i == 0 { "(" } else { ",(" });
+            for c in 0..4 {
+                if c > 0 {
+                    sql.push(',');
+                }
+                next(&mut sql);
+            }
+            sql.push(')');
+        }
+        sql.push(';');
+    }
+    if !jtis.is_empty() {
+        sql.push_str("INSERT INTO audit_jtis (jti, kind, idx, at) VALUES ");
+        for i in 0..jtis.len() {
+            sql.push_str(if i == 0 { "(" } else { ",(" });
+            for c in 0..4 {
+                if c > 0 {
+                    sql.push(',');
+                }
+                next(&mut sql);
+            }
+            sql.push(')');
+        }
+        sql.push(';');
+    }
+    sql.push_str("INSERT INTO audit_seals (tree_size, root, key_name, signature) VALUES (");
+    for c in 0..4 {
+        if c > 0 {
+            sql.push(',');
+        }
+        next(&mut sql);
+    }
+    sql.push_str(");COMMIT;");
+
+    // Only placeholders are interpolated, never data. Not kept prepared:
+    // every batch size is another statement.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for (k, (leaf, root, event)) in rows.iter().enumerate() {
+        q = q
+            .bind(to_i64(first + k as u64)?)
+            .bind(leaf.to_vec())
+            .bind(root.to_vec())
+            .bind(*event);
+    }
+    for (jti, kind, idx, at) in jtis {
+        q = q.bind(*jti).bind(*kind).bind(to_i64(*idx)?).bind(*at);
+    }
+    let (size, root, key_name, signature) = seal;
+    q = q
+        .bind(to_i64(size)?)
+        .bind(root.to_vec())
+        .bind(key_name)
+        .bind(signature.to_vec());
+
+    let mut conn = pool.acquire().await?;
+    match q.execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // The string stopped at its first failing statement: end the
+            // transaction it may have left open, or retire the connection.
+            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                conn.close_on_drop();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// A token id named by an event: (jti, event kind, index, event time ms).
+pub(crate) type JtiRow<'a> = (&'a str, &'a str, u64, i64);
+
+/// Token ids named by committed events of `kind` at or after `since_ms`.
+pub(crate) async fn jtis_since(
+    pool: &AnyPool,
+    kind: &str,
+    since_ms: i64,
+) -> Result<Vec<String>, AuditError> {
+    let rows = sqlx::query("SELECT jti FROM audit_jtis WHERE kind = $1 AND at >= $2")
+        .bind(kind)
+        .bind(since_ms)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("jti").map_err(AuditError::from))
+        .collect()
 }
 
 /// Whether an event of `kind` naming token `jti` is committed.

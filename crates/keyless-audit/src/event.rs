@@ -179,6 +179,12 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
+
+    /// Token ids named by stored events of `kind` whose time is at or after
+    /// `since_ms` (Unix ms). By default: none (a sink that forgets).
+    async fn jtis_since(&self, _kind: &str, _since_ms: i64) -> Result<Vec<String>, SinkError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The sink could not store an event; the action it describes must fail.

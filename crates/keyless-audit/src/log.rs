@@ -7,7 +7,10 @@
 //! transaction together with the batch's seal, commits, and only then
 //! extends the tree, publishes on the bus and answers every caller. So an
 //! acknowledged event is on disk, the tree and the bus only ever hold
-//! committed entries, and a crash loses only unacknowledged events.
+//! committed entries, and a crash loses only unacknowledged events. On
+//! SQLite the whole transaction is one statement string (one round trip to
+//! sqlx's connection thread); a batch of queued appends that nobody waits
+//! for lingers up to `LINGER` to gather more, unless someone flushes it.
 //!
 //! Several processes may share one PostgreSQL: the entries' primary key
 //! makes a second writer's batch fail as a whole; it then catches up on the
@@ -18,7 +21,7 @@
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use keyless_store::{KeyAlgorithm, KeyManager, Signer, Store, StoreError};
+use keyless_store::{Dialect, KeyAlgorithm, KeyManager, Signer, Store, StoreError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -33,6 +36,10 @@ use crate::proof::{ProofError, verify_consistency, verify_inclusion};
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most events committed in one transaction.
 const MAX_BATCH: usize = 2048;
+/// How long a batch that nobody waits for gathers more appends.
+const LINGER: Duration = Duration::from_millis(2);
+/// A lingering batch is committed once it holds this many appends.
+const LINGER_BATCH: usize = 256;
 /// Appends waiting for the writer before `append` itself waits.
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// Events the bus holds for a slow subscriber before dropping it.
@@ -131,6 +138,8 @@ struct Pending {
 enum Command {
     Append(Pending),
     CatchUp(oneshot::Sender<Result<(), AuditError>>),
+    /// Somebody waits for what is queued (`wait_jti`): commit now.
+    Flush,
 }
 
 /// The tamper-evident audit log of one deployment.
@@ -255,7 +264,8 @@ impl AuditLog {
     }
 
     /// Queues `event` for the next group commit and returns without
-    /// waiting for it (typically well under a millisecond later). For
+    /// waiting for it (within a few milliseconds: a batch nobody waits for
+    /// lingers up to 2 ms to gather more, a waiter flushes it). For
     /// decisions whose effect is checked against the log before it takes
     /// hold: a token issuance names its `jti`, and the token is honoured
     /// only once [`AuditLog::has_jti`] finds it committed. Refused while
@@ -295,7 +305,13 @@ impl AuditLog {
         if self.shared.recently_committed(jti, kind) {
             return Ok(true);
         }
-        db::has_jti(self.shared.store.pool(), jti, kind).await
+        db::has_jti(self.shared.store.reader(), jti, kind).await
+    }
+
+    /// Token ids named by committed events of `kind` whose time is at or
+    /// after `since_ms` (Unix ms), from the store.
+    pub async fn jtis_since(&self, kind: &str, since_ms: i64) -> Result<Vec<String>, AuditError> {
+        db::jtis_since(self.shared.store.reader(), kind, since_ms).await
     }
 
     /// Waits at most `timeout` for [`AuditLog::has_jti`]: woken by this
@@ -311,9 +327,16 @@ impl AuditLog {
         // Subscribed before the first check: a commit between the check and
         // the wait still wakes us.
         let mut commits = self.shared.commits.subscribe();
+        let mut flushed = false;
         loop {
             if self.has_jti(jti, kind).await? {
                 return Ok(true);
+            }
+            if !flushed {
+                // The event may sit in a lingering batch: have it committed
+                // now. A full queue is being committed anyway.
+                let _ = self.queue.try_send(Command::Flush);
+                flushed = true;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -482,6 +505,12 @@ impl EventSink for AuditLog {
             .await
             .map_err(|e| SinkError(e.to_string()))
     }
+
+    async fn jtis_since(&self, kind: &str, since_ms: i64) -> Result<Vec<String>, SinkError> {
+        AuditLog::jtis_since(self, kind, since_ms)
+            .await
+            .map_err(|e| SinkError(e.to_string()))
+    }
 }
 
 // === impl Shared ===
@@ -589,19 +618,33 @@ impl Shared {
         let signer = self.signer();
         let signature = signer.sign(note_body(&self.origin, size, &root).as_bytes())?;
 
-        let mut tx = self.store.pool().begin().await?;
-        db::insert_entries(&mut tx, base, &rows).await?;
-        let jtis: Vec<(&str, &str, u64)> = batch
+        let jtis: Vec<db::JtiRow<'_>> = batch
             .iter()
             .enumerate()
             .filter_map(|(k, p)| {
                 let jti = p.event.detail.get("jti")?.as_str()?;
-                Some((jti, p.event.kind.as_str(), base + k as u64))
+                Some((jti, p.event.kind.as_str(), base + k as u64, p.event.time))
             })
             .collect();
-        db::insert_jtis(&mut tx, &jtis).await?;
-        db::insert_seal(&mut tx, size, &root, signer.name(), &signature).await?;
-        tx.commit().await?;
+        match self.store.dialect() {
+            Dialect::Sqlite => {
+                db::commit_batch_sqlite(
+                    self.store.pool(),
+                    base,
+                    &rows,
+                    &jtis,
+                    (size, &root, signer.name(), &signature),
+                )
+                .await?;
+            }
+            Dialect::Postgres => {
+                let mut tx = self.store.pool().begin().await?;
+                db::insert_entries(&mut tx, base, &rows).await?;
+                db::insert_jtis(&mut tx, &jtis).await?;
+                db::insert_seal(&mut tx, size, &root, signer.name(), &signature).await?;
+                tx.commit().await?;
+            }
+        }
 
         let mut tree = self.tree_mut();
         for p in batch {
@@ -763,15 +806,38 @@ async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
     while let Some(first) = rx.recv().await {
         let mut catch_ups = Vec::new();
         let mut next = Some(first);
-        // Group commit: everything that queued up while the previous
-        // transaction was committing goes into this one.
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Command::Append(p) => batch.push(p),
-                Command::CatchUp(reply) => catch_ups.push(reply),
+        // Whether anybody waits for this batch: an awaited append, a
+        // catch-up, a flush. A batch of queued appends only (nobody holds
+        // their answer) lingers a little to gather more: fewer, larger
+        // commits, and nothing is acknowledged before it is on disk.
+        let mut urgent = false;
+        let linger_until = tokio::time::Instant::now() + LINGER;
+        loop {
+            // Group commit: everything that queued up while the previous
+            // transaction was committing goes into this one.
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append(p) => {
+                        urgent |= !p.reply.is_closed();
+                        batch.push(p);
+                    }
+                    Command::CatchUp(reply) => {
+                        urgent = true;
+                        catch_ups.push(reply);
+                    }
+                    Command::Flush => urgent = true,
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
             }
-            if batch.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
+            if urgent || batch.is_empty() || batch.len() >= LINGER_BATCH {
+                break;
+            }
+            match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                Ok(Some(cmd)) => next = Some(cmd),
+                // Closed, or lingered long enough.
+                Ok(None) | Err(_) => break,
             }
         }
         for reply in catch_ups {
@@ -902,7 +968,7 @@ pub(crate) async fn read_log_entries(
     start: u64,
     end: u64,
 ) -> Result<Vec<LogEntry>, AuditError> {
-    db::read_entries(store.pool(), start, end)
+    db::read_entries(store.reader(), start, end)
         .await?
         .into_iter()
         .map(|row| {

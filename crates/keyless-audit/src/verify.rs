@@ -243,7 +243,7 @@ async fn verify_inner(
 ) -> Result<VerifyReport, AuditError> {
     // One snapshot for every table, so appends running beside us cannot
     // look like tampering (a seal for an entry we did not read, say).
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.reader().begin().await?;
     if store.dialect() == Dialect::Postgres {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .execute(&mut *tx)
@@ -587,7 +587,7 @@ pub async fn inclusion_proof(
                 .size
         }
     };
-    let tree = MerkleTree::from_leaves(db::load_leaf_hashes(store.pool()).await?);
+    let tree = MerkleTree::from_leaves(db::load_leaf_hashes(store.reader()).await?);
     Ok(InclusionProof {
         index,
         size,
@@ -629,11 +629,11 @@ impl EntryProof {
 /// What `keyless audit proof N` prints and checks: entry `index`, its proof
 /// and the latest checkpoint (signature verified with the recorded key).
 pub async fn prove_entry(store: &Store, index: u64) -> Result<EntryProof, AuditError> {
-    let row = db::latest_checkpoint_row(store.pool())
+    let row = db::latest_checkpoint_row(store.reader())
         .await?
         .ok_or(AuditError::NoCheckpoint)?;
     let (checkpoint, parsed) = db::checkpoint_from_row(row)?;
-    let keys = db::keys(store.pool()).await?;
+    let keys = db::keys(store.reader()).await?;
     let key = keys
         .iter()
         .find(|k| k.name == checkpoint.key_name)
@@ -669,7 +669,7 @@ pub async fn export<W: Write>(store: &Store, since: u64, mut out: W) -> Result<u
     let mut next = since;
     let mut count = 0u64;
     loop {
-        let rows = db::read_entries(store.pool(), next, next.saturating_add(PAGE)).await?;
+        let rows = db::read_entries(store.reader(), next, next.saturating_add(PAGE)).await?;
         let Some(last) = rows.last().map(|r| r.index) else {
             break;
         };

@@ -583,7 +583,7 @@ impl Kv {
         }
         let in_use = sqlx::query("SELECT 1 AS one FROM kv_metadata WHERE kek_name = $1 LIMIT 1")
             .bind(name)
-            .fetch_optional(self.store.pool())
+            .fetch_optional(self.store.reader())
             .await?
             .is_some();
         if in_use && !self.keys.list().await?.iter().any(|k| k == name) {

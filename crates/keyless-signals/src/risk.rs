@@ -23,9 +23,13 @@
 //!
 //! Levels and open reviews are kept in memory so that
 //! [`RiskEngine::session_level`] and [`RiskEngine::subject_restricted`] are
-//! synchronous (the STS asks on every token); every change is written
-//! through to the store (`risk_sessions`, `risk_reviews`, `risk_baselines`)
-//! and reloaded by [`RiskEngine::open`].
+//! synchronous (the STS asks on every token); every change of a level, a
+//! score or a review is written through to the store (`risk_sessions`,
+//! `risk_reviews`) and reloaded by [`RiskEngine::open`]. A clean session is
+//! remembered as clean after its first call, so clean calls read nothing.
+//! What successful calls teach (`risk_baselines`) is gathered in memory and
+//! written behind every [`BASELINE_FLUSH`] in one transaction, so a clean
+//! call writes nothing either; reads add the pending part.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -404,7 +408,39 @@ pub struct RiskEngine {
     store: Store,
     config: RiskConfig,
     state: Mutex<State>,
+    /// What successful calls taught since the last write to
+    /// `risk_baselines`: (user, kind, item) → increment. Written behind
+    /// (`flush_baselines`, every [`BASELINE_FLUSH`]) so that a clean call
+    /// costs no write; reads add it to what is stored.
+    pending: Mutex<HashMap<BaselineKey, BaselineDelta>>,
 }
+
+type BaselineKey = (String, &'static str, String);
+
+/// An increment of one baseline row.
+#[derive(Debug, Clone, Copy, Default)]
+struct BaselineDelta {
+    count: i64,
+    total: f64,
+    largest: f64,
+    updated_at: i64,
+}
+
+impl BaselineDelta {
+    fn add(&mut self, other: &BaselineDelta) {
+        self.count += other.count;
+        self.total += other.total;
+        self.largest = self.largest.max(other.largest);
+        self.updated_at = self.updated_at.max(other.updated_at);
+    }
+}
+
+/// How often learned baselines are written to the store. A crash loses at
+/// most this much learning: the baseline then knows a little less of the
+/// user, which makes detectors fire more, not less.
+pub const BASELINE_FLUSH: Duration = Duration::from_millis(500);
+/// Pending baseline rows that make a learning call write at once.
+const MAX_PENDING_BASELINES: usize = 4096;
 
 // === impl RiskEngine ===
 
@@ -437,11 +473,68 @@ impl RiskEngine {
             let user_sub: String = row.try_get("user_sub")?;
             state.restricted.entry(user_sub).or_default().insert(id);
         }
-        Ok(Arc::new(Self {
+        let engine = Arc::new(Self {
             store,
             config,
             state: Mutex::new(state),
-        }))
+            pending: Mutex::default(),
+        });
+        tokio::spawn(write_behind(Arc::downgrade(&engine)));
+        Ok(engine)
+    }
+
+    /// Writes the baselines learned since the last write, in one
+    /// transaction. On failure they stay pending for the next try. Called
+    /// every [`BASELINE_FLUSH`] and at shutdown.
+    pub async fn flush_baselines(&self) -> Result<(), RiskError> {
+        let batch = std::mem::take(&mut *self.pending_lock());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_baselines(&batch).await;
+        if result.is_err() {
+            let mut pending = self.pending_lock();
+            for (k, d) in batch {
+                pending.entry(k).or_default().add(&d);
+            }
+        }
+        result
+    }
+
+    async fn write_baselines(
+        &self,
+        batch: &HashMap<BaselineKey, BaselineDelta>,
+    ) -> Result<(), RiskError> {
+        let mut tx = self.store.pool().begin().await?;
+        for ((user_sub, kind, item), d) in batch {
+            sqlx::query(
+                "INSERT INTO risk_baselines (user_sub, kind, item, count, total, largest, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (user_sub, kind, item) DO UPDATE SET \
+                 count = risk_baselines.count + excluded.count, \
+                 total = risk_baselines.total + excluded.total, \
+                 largest = CASE WHEN excluded.largest > risk_baselines.largest \
+                 THEN excluded.largest ELSE risk_baselines.largest END, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(user_sub)
+            .bind(*kind)
+            .bind(item)
+            .bind(d.count)
+            .bind(d.total)
+            .bind(d.largest)
+            .bind(d.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn pending_lock(&self) -> MutexGuard<'_, HashMap<BaselineKey, BaselineDelta>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The configuration in force.
@@ -485,8 +578,17 @@ impl RiskEngine {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => match stored {
                     Some(s) => e.insert(s),
-                    // A clean call of a clean session: nothing to remember.
+                    // A clean call of a clean session: remembered as clean,
+                    // so its next calls need no read of the store.
                     None if anomalies.is_empty() => {
+                        e.insert(SessionState {
+                            user_sub: obs.user_sub.clone(),
+                            score: 0.0,
+                            level: 0,
+                            updated_at: now_ms,
+                            touched: now_ms,
+                        });
+                        evict(&mut state.sessions, config.max_sessions);
                         return Ok(Assessment {
                             anomalies,
                             score: 0.0,
@@ -966,7 +1068,7 @@ impl RiskEngine {
     async fn baseline(
         &self,
         user_sub: &str,
-        kind: &str,
+        kind: &'static str,
         item: &str,
     ) -> Result<Option<(i64, f64)>, RiskError> {
         let row = sqlx::query(
@@ -975,39 +1077,52 @@ impl RiskEngine {
         .bind(user_sub)
         .bind(kind)
         .bind(item)
-        .fetch_optional(self.store.pool())
+        .fetch_optional(self.store.reader())
         .await?;
-        row.map(|r| Ok((r.try_get("count")?, r.try_get("total")?)))
-            .transpose()
+        let stored: Option<(i64, f64)> = row
+            .map(|r| Ok::<_, RiskError>((r.try_get("count")?, r.try_get("total")?)))
+            .transpose()?;
+        // Pending is read after the row, so an increment is never counted
+        // twice. One being written by a flush at this very moment is in
+        // neither for this call: a detector may fire once more, the safe side.
+        let pending = self
+            .pending_lock()
+            .get(&(user_sub.to_owned(), kind, item.to_owned()))
+            .copied();
+        Ok(match (stored, pending) {
+            (None, None) => None,
+            (s, p) => {
+                let (c, t) = s.unwrap_or((0, 0.0));
+                let p = p.unwrap_or_default();
+                Some((c + p.count, t + p.total))
+            }
+        })
     }
 
     async fn add_baseline(
         &self,
         user_sub: &str,
-        kind: &str,
+        kind: &'static str,
         item: &str,
         value: f64,
         now_ms: i64,
     ) -> Result<(), RiskError> {
-        sqlx::query(
-            "INSERT INTO risk_baselines (user_sub, kind, item, count, total, largest, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (user_sub, kind, item) DO UPDATE SET \
-             count = risk_baselines.count + excluded.count, \
-             total = risk_baselines.total + excluded.total, \
-             largest = CASE WHEN excluded.largest > risk_baselines.largest \
-             THEN excluded.largest ELSE risk_baselines.largest END, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(user_sub)
-        .bind(kind)
-        .bind(item)
-        .bind(1_i64)
-        .bind(value)
-        .bind(value)
-        .bind(now_ms)
-        .execute(self.store.pool())
-        .await?;
+        let full = {
+            let mut pending = self.pending_lock();
+            pending
+                .entry((user_sub.to_owned(), kind, item.to_owned()))
+                .or_default()
+                .add(&BaselineDelta {
+                    count: 1,
+                    total: value,
+                    largest: value,
+                    updated_at: now_ms,
+                });
+            pending.len() >= MAX_PENDING_BASELINES
+        };
+        if full {
+            self.flush_baselines().await?;
+        }
         Ok(())
     }
 
@@ -1079,6 +1194,18 @@ impl RiskEngine {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Writes learned baselines every [`BASELINE_FLUSH`] while the engine
+/// lives.
+async fn write_behind(engine: std::sync::Weak<RiskEngine>) {
+    loop {
+        tokio::time::sleep(BASELINE_FLUSH).await;
+        let Some(e) = engine.upgrade() else { return };
+        if let Err(err) = e.flush_baselines().await {
+            tracing::warn!(error = %err, "risk: writing learned baselines failed; retrying");
+        }
     }
 }
 

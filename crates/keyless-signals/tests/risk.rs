@@ -679,3 +679,61 @@ async fn replicas_on_postgres_see_each_others_levels_and_restrictions() {
     .unwrap();
     assert_eq!(b.session_level(SESSION), 4, "the level stays");
 }
+
+/// Baselines are learned in memory and written behind: counted at once by
+/// the engine that learned them, in the store after a flush (so a
+/// restarted engine knows them), and counted once, not twice, after it.
+#[tokio::test]
+async fn learned_baselines_count_at_once_and_survive_a_restart_once_written() {
+    let f = fixture(RiskConfig::default()).await;
+    // Two amounts on record: fewer than `min_history` (3), so 500 is judged
+    // against the first-amount limit (1000) and passes. Counted twice (4
+    // amounts, mean 100), it would be judged against 3 × 100 and fire.
+    for _ in 0..2 {
+        f.engine
+            .learn_at(&transfer(100.0, "acct-rent"), T0)
+            .await
+            .unwrap();
+    }
+    let judge = |engine: Arc<RiskEngine>, session: &'static str| async move {
+        engine
+            .assess_at(
+                &Observation {
+                    session_id: session.into(),
+                    ..transfer(500.0, "acct-rent")
+                },
+                T0,
+            )
+            .await
+            .unwrap()
+    };
+    // Known to this engine before anything is written.
+    let a = judge(f.engine.clone(), "s1").await;
+    assert!(a.anomalies.is_empty(), "{:?}", a.anomalies);
+    let rows = keyless_store::sqlx::query("SELECT count FROM risk_baselines")
+        .fetch_all(f.store.pool())
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "nothing written before the flush");
+
+    f.engine.flush_baselines().await.unwrap();
+    let rows = keyless_store::sqlx::query("SELECT count FROM risk_baselines")
+        .fetch_all(f.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "amount, destination and tool rows");
+    let a = judge(f.engine.clone(), "s2").await;
+    assert!(a.anomalies.is_empty(), "counted twice: {:?}", a.anomalies);
+
+    let reopened = RiskEngine::open(f.store.clone(), RiskConfig::default())
+        .await
+        .unwrap();
+    let a = judge(reopened.clone(), "s3").await;
+    assert!(a.anomalies.is_empty(), "{:?}", a.anomalies);
+    // The destination was learned too: a new one still fires.
+    let a = reopened
+        .assess_at(&transfer(10.0, "acct-other"), T0)
+        .await
+        .unwrap();
+    assert_eq!(detectors(&a), [Detector::NewDestination]);
+}

@@ -25,6 +25,9 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub use keys::{FileKeyManager, KeyAlgorithm, KeyManager, SEAL_OVERHEAD, Sealer, Signer};
 pub use sqlx;
 
+/// Read-only connections beside the SQLite writer.
+const READERS: u32 = 4;
+
 /// Errors of the store and the key manager.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -77,7 +80,10 @@ pub enum Dialect {
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Writes (and reads that go with them); one connection on SQLite.
     pool: AnyPool,
+    /// Read-only connections on SQLite; the same pool on PostgreSQL.
+    readers: AnyPool,
     dialect: Dialect,
     /// Kept for LISTEN connections (PostgreSQL); never printed.
     url: SecretUrl,
@@ -114,12 +120,16 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
         let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
-        let pool = match dialect {
+        let (pool, readers) = match dialect {
             Dialect::Sqlite => {
-                AnyPoolOptions::new()
-                    // One writer at a time is SQLite's rule anyway; a few readers
-                    // run beside it thanks to WAL.
-                    .max_connections(8)
+                // One writer connection: SQLite takes one writer at a time
+                // anyway, and writers on separate connections that collide
+                // are put to sleep by SQLite's busy handler (1, 2, 5, 10 …
+                // 100 ms), the stalls of hundreds of ms seen at p99 under
+                // load. Queued in the pool instead, a write waits only for
+                // the one before it.
+                let writer = AnyPoolOptions::new()
+                    .max_connections(1)
                     .min_connections(1)
                     .acquire_timeout(Duration::from_secs(10))
                     .after_connect(|conn, _meta| {
@@ -134,19 +144,40 @@ impl Store {
                             Ok(())
                         })
                     })
+                    .connect_with(options.clone())
+                    .await?;
+                // Readers beside it (WAL lets them run during a commit),
+                // refused any write so that no write slips past the queue.
+                let readers = AnyPoolOptions::new()
+                    .max_connections(READERS)
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
+                                 PRAGMA query_only=1;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
-                    .await?
+                    .await?;
+                (writer, readers)
             }
             Dialect::Postgres => {
-                AnyPoolOptions::new()
+                let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
-                    .await?
+                    .await?;
+                (pool.clone(), pool)
             }
         };
         let store = Self {
             pool,
+            readers,
             dialect,
             url: SecretUrl(url.into()),
         };
@@ -154,9 +185,21 @@ impl Store {
         Ok(store)
     }
 
-    /// The connection pool, for domain crates' queries.
+    /// The connection pool for writes and for reads that must see the
+    /// writes before them. On SQLite it holds the one writer connection:
+    /// never hold a transaction of it while waiting for another query of
+    /// this pool (that query would wait for the transaction's end).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A pool for reads only (statements that write fail on SQLite). Long
+    /// reads (verification, export) and reads on hot paths go here, so
+    /// that they neither wait behind a commit nor hold up the writer. A
+    /// read here sees every commit that returned before it started. On
+    /// PostgreSQL this is the same pool as [`Store::pool`].
+    pub fn reader(&self) -> &AnyPool {
+        &self.readers
     }
 
     /// A dedicated connection LISTENing on `channel` (PostgreSQL), so that
@@ -225,6 +268,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.readers.close().await;
         self.pool.close().await;
     }
 }

@@ -41,6 +41,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_gateway"),
     migration!(11, "0011_signals"),
     migration!(12, "0012_approval_arguments"),
+    migration!(13, "0013_audit_jti_time"),
 ];
 
 pub(crate) async fn current_version(store: &Store) -> Result<i64, StoreError> {

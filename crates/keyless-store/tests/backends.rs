@@ -4,7 +4,7 @@
 use keyless_store::{Dialect, Store, testing};
 
 async fn check_store(store: &Store) {
-    assert_eq!(store.schema_version().await.unwrap(), 12);
+    assert_eq!(store.schema_version().await.unwrap(), 13);
     assert_eq!(store.get_meta("trust_domain").await.unwrap(), None);
     assert_eq!(
         store.init_meta("trust_domain", "a.test").await.unwrap(),
@@ -52,7 +52,7 @@ async fn postgres_store_migrates_and_keeps_data_across_reopen() {
     store.close().await;
     // Reopening runs no migration twice.
     let again = Store::open(&url).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 12);
+    assert_eq!(again.schema_version().await.unwrap(), 13);
 }
 
 #[tokio::test]

@@ -285,7 +285,7 @@ impl Sts {
                 if act.depth() >= self.config.max_delegation_depth {
                     return Err(invalid_request("the delegation chain is too long"));
                 }
-                if crate::db::is_consumed(&self.store, &subject.jti).await? {
+                if self.is_spent(&subject.jti).await? {
                     return Err(invalid_request("subject_token was already used"));
                 }
             }
@@ -382,7 +382,7 @@ impl Sts {
             )));
         }
 
-        // --- consent: read now, never cached ---
+        // --- consent: as of the last change (a revocation bites at once) ---
         let consents = self.live_consents(&subject.sub, &agent).await?;
         let consented_types: BTreeSet<&str> = consents
             .iter()
@@ -459,7 +459,7 @@ impl Sts {
             // Delegation spends the subject token: it cannot be both used
             // at its resource server and handed on, nor handed on twice.
             self.ensure_issuance_recorded(&subject.jti).await?;
-            self.consume(&subject.jti, subject.exp)
+            self.spend_delegated(&subject.jti, subject.exp)
                 .await
                 .map_err(|e| match e {
                     StsError::AlreadyConsumed(_) => {

@@ -1,7 +1,7 @@
 //! What the exchange must know is still true on every call — the session is
-//! live, the subject token was not revoked — kept in memory between changes
-//! instead of read from the store on every tool call. (Consents are read
-//! from the store on every exchange: see `live_consents`.)
+//! live, the subject token was not revoked, the user's consents for this
+//! agent — kept in memory between changes instead of read from the store
+//! on every tool call.
 //!
 //! Correctness rests on one generation counter:
 //! - a reader takes the generation *before* it reads the store and tags
@@ -47,7 +47,11 @@ pub(crate) struct LiveCache {
     sessions: Mutex<HashMap<String, (u64, i64)>>,
     /// jti of a user access token → generation at which it was not revoked.
     tokens: Mutex<HashMap<String, u64>>,
+    /// (user sub, agent) → (generation, live consents).
+    consents: Mutex<ConsentMap>,
 }
+
+type ConsentMap = HashMap<(String, String), (u64, Arc<Vec<Consent>>)>;
 
 fn get<K: Hash + Eq, V: Clone>(map: &Mutex<HashMap<K, (u64, V)>>, key: &K, g: u64) -> Option<V> {
     let m = map.lock().ok()?;
@@ -75,6 +79,7 @@ impl LiveCache {
             enabled: AtomicBool::new(enabled),
             sessions: Mutex::default(),
             tokens: Mutex::default(),
+            consents: Mutex::default(),
         }
     }
 
@@ -114,6 +119,14 @@ impl LiveCache {
         m.get(jti) == Some(&g)
     }
 
+    pub(crate) fn consents(&self, user: &str, agent: &str, g: u64) -> Option<Arc<Vec<Consent>>> {
+        get(&self.consents, &(user.to_owned(), agent.to_owned()), g)
+    }
+
+    pub(crate) fn put_consents(&self, user: &str, agent: &str, g: u64, c: Arc<Vec<Consent>>) {
+        put(&self.consents, (user.to_owned(), agent.to_owned()), g, c);
+    }
+
     pub(crate) fn put_token(&self, jti: &str, g: u64) {
         if let Ok(mut m) = self.tokens.lock() {
             if m.len() >= MAX_ENTRIES {
@@ -141,19 +154,23 @@ impl Sts {
         }
     }
 
-    /// The user's live consents for `agent`, read from the store on every
-    /// exchange. (They were cached under the generation like the other
-    /// facts, but a CI run once saw an exchange pass right after a consent
-    /// revocation and the cause was not found; until it is, consent — the
-    /// user's own word — is never served from memory.)
+    /// The user's live consents for `agent`, as of the last change: a grant
+    /// or revocation bumps the generation after it commits, so the very
+    /// next exchange of this process reads the store again.
     pub(crate) async fn live_consents(
         &self,
         user: &str,
         agent: &str,
     ) -> Result<Arc<Vec<Consent>>, StsError> {
-        Ok(Arc::new(
-            crate::db::live_consents(&self.store, user, agent).await?,
-        ))
+        let generation = self.live.begin();
+        if let Some(c) = generation.and_then(|g| self.live.consents(user, agent, g)) {
+            return Ok(c);
+        }
+        let consents = Arc::new(crate::db::live_consents(&self.store, user, agent).await?);
+        if let Some(g) = generation {
+            self.live.put_consents(user, agent, g, consents.clone());
+        }
+        Ok(consents)
     }
 }
 

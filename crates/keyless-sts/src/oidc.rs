@@ -605,7 +605,7 @@ impl Sts {
         if !self.token_live(&claims).await? {
             return Ok(inactive);
         }
-        if claims.is_obo() && db::is_consumed(&self.store, &claims.jti).await? {
+        if claims.is_obo() && self.is_spent(&claims.jti).await? {
             return Ok(inactive);
         }
         let Value::Object(mut out) = json!({

@@ -2,6 +2,8 @@
 //! consents, single-use consumption and client authentication. The token
 //! exchange itself is in `exchange.rs`.
 
+use std::collections::HashMap;
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -133,6 +135,9 @@ pub struct Sts {
     pub(crate) live: crate::live::LiveCache,
     /// The W1–W5 ladder's view of sessions and users (`risk.rs`).
     pub(crate) risk_gate: RwLock<Option<Arc<dyn crate::RiskGate>>>,
+    /// On-behalf-of tokens spent, when this process owns the store
+    /// (SQLite): jti → expiry (Unix s). See [`Sts::consume_token`].
+    spent: Option<Mutex<HashMap<String, i64>>>,
 }
 
 // === impl Sts ===
@@ -191,8 +196,10 @@ impl Sts {
             memo: keyless_identity::memo::SignatureMemo::default(),
             live: crate::live::LiveCache::new(cache_alone),
             risk_gate: RwLock::new(None),
+            spent: cache_alone.then(Mutex::default),
         });
         sts.reload_keys().await?;
+        sts.reload_spent().await?;
         if !cache_alone {
             tokio::spawn(crate::live::listen(Arc::downgrade(&sts)));
         }
@@ -369,9 +376,18 @@ impl Sts {
 
     /// Signs `claims` with the active key.
     pub(crate) fn sign(&self, claims: &AccessTokenClaims) -> Result<String, StsError> {
-        self.active_key()
-            .ok_or_else(|| StsError::Crypto("no active sts signing key".into()))?
-            .sign(claims, token::ACCESS_TOKEN_TYP)
+        let key = self
+            .active_key()
+            .ok_or_else(|| StsError::Crypto("no active sts signing key".into()))?;
+        let token = key.sign(claims, token::ACCESS_TOKEN_TYP)?;
+        // Signed here, so its signature verifies under this key: when it
+        // comes back (consumption, introspection, delegation) only the
+        // checks that can fail are run again.
+        self.memo.insert(
+            keyless_identity::memo::TokenDigest::of(&token),
+            &key.public_key,
+        );
+        Ok(token)
     }
 
     /// Signs an ID token (`typ: JWT`) with the active key.
@@ -599,6 +615,18 @@ impl Sts {
 
     /// Verifies an OBO token presented to the resource server `audience`
     /// (whose SPIFFE ID, when registered, must be `caller`) and consumes it.
+    ///
+    /// On PostgreSQL the spend is the atomic insert of its `jti` (replicas
+    /// race on the primary key), after its issuance is found in the log.
+    /// On SQLite this process owns the store: the spend is claimed in memory
+    /// (one mutex, exactly one winner), made durable by its own
+    /// `token.consumed` event, awaited, and only then is the issuance
+    /// checked. The log is one ordered queue and the issuance was queued
+    /// before the token left the STS, so once the consumption is committed
+    /// the issuance is committed too (or its batch failed, and the check
+    /// refuses): one group commit per call instead of a wait for the
+    /// issuance's and then a commit of its own. A restart reloads recent
+    /// spends from the log (`reload_spent`).
     pub async fn consume_token(
         &self,
         token: &str,
@@ -624,8 +652,14 @@ impl Sts {
         let Some(act) = &claims.act else {
             return Err(StsError::InvalidRequest("not an on-behalf-of token".into()));
         };
-        self.ensure_issuance_recorded(&claims.jti).await?;
-        let result = self.consume(&claims.jti, claims.exp).await;
+        let owned = self.spent.is_some();
+        if !owned {
+            self.ensure_issuance_recorded(&claims.jti).await?;
+        }
+        let result = match &self.spent {
+            Some(_) => self.claim_spent(&claims.jti, claims.exp),
+            None => self.consume(&claims.jti, claims.exp).await,
+        };
         let (kind, outcome) = match &result {
             Ok(()) => (kinds::TOKEN_CONSUMED, Outcome::Success),
             Err(_) => (kinds::TOKEN_REPLAY_DENIED, Outcome::Denied),
@@ -638,7 +672,13 @@ impl Sts {
         match &result {
             // The spent jti is durable already (the single-use row); the
             // event joins the next group commit without holding the call.
-            Ok(()) => self.events.record_queued(event).await?,
+            Ok(()) if !owned => self.events.record_queued(event).await?,
+            // The event is the spend's only durable record: awaited. Then
+            // the issuance, queued before it, is found committed at once.
+            Ok(()) => {
+                self.events.record(event).await?;
+                self.ensure_issuance_recorded(&claims.jti).await?;
+            }
             Err(e) => {
                 event = event.reason(e.to_string());
                 self.events.record(event).await?;
@@ -647,9 +687,79 @@ impl Sts {
         result.map(|()| claims)
     }
 
+    /// Claims OBO token `jti` (expiring at `exp`, Unix s) as spent in this
+    /// process's set: exactly one caller gets `Ok`.
+    fn claim_spent(&self, jti: &str, exp: i64) -> Result<(), StsError> {
+        let Some(spent) = &self.spent else {
+            return Ok(());
+        };
+        let mut spent = spent.lock().unwrap_or_else(PoisonError::into_inner);
+        match spent.entry(jti.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                Err(StsError::AlreadyConsumed(jti.to_owned()))
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(exp);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether OBO token `jti` was spent (at a resource server or by a
+    /// delegation).
+    pub(crate) async fn is_spent(&self, jti: &str) -> Result<bool, StsError> {
+        match &self.spent {
+            Some(spent) => Ok(spent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(jti)),
+            None => db::is_consumed(&self.store, jti).await,
+        }
+    }
+
+    /// Spends an OBO token used as the subject of a delegation: claimed in
+    /// memory first (SQLite), so it cannot also be spent at a resource
+    /// server, then recorded as a single-use row.
+    pub(crate) async fn spend_delegated(&self, jti: &str, exp: i64) -> Result<(), StsError> {
+        self.claim_spent(jti, exp)?;
+        self.consume(jti, exp).await
+    }
+
+    /// Loads the OBO tokens spent before a restart that may not have
+    /// expired yet (SQLite): the single-use rows, and the `token.consumed`
+    /// events of the last [`MAX_OBO_TTL`] (plus a minute of skew).
+    async fn reload_spent(&self) -> Result<(), StsError> {
+        let Some(spent) = &self.spent else {
+            return Ok(());
+        };
+        let now = unix_now();
+        let horizon = secs(crate::config::MAX_OBO_TTL).saturating_add(60);
+        let rows = db::unexpired_consumed(&self.store, now.saturating_sub(60)).await?;
+        let logged = self
+            .events
+            .jtis_since(
+                kinds::TOKEN_CONSUMED,
+                now.saturating_sub(horizon).saturating_mul(1000),
+            )
+            .await?;
+        let mut spent = spent.lock().unwrap_or_else(PoisonError::into_inner);
+        spent.extend(rows);
+        for jti in logged {
+            spent.entry(jti).or_insert(now.saturating_add(horizon));
+        }
+        Ok(())
+    }
+
     /// Drops consumed ids of tokens that expired more than a minute ago.
     pub async fn purge_consumed(&self) -> Result<u64, StsError> {
-        db::purge_consumed(&self.store, unix_now().saturating_sub(60)).await
+        let before = unix_now().saturating_sub(60);
+        if let Some(spent) = &self.spent {
+            spent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|_, exp| *exp >= before);
+        }
+        db::purge_consumed(&self.store, before).await
     }
 
     // --- clients ---

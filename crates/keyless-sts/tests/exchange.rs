@@ -327,6 +327,56 @@ async fn targets_and_details_are_checked() {
     check_refused(&f, &exchange_request(&user, &actor, "bank", &json!([{"type": "transfer_funds", "amount": -1, "currency": "USD", "destination": "A"}])), "invalid_authorization_details", "/amount").await;
 }
 
+/// Consents are cached between changes. Exchanges racing a revocation on
+/// other threads: every exchange that starts after the revocation returned
+/// is refused, round after round (a stale cached consent would let one
+/// through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_exchange_started_after_a_consent_revocation_passes_while_others_race_it() {
+    let f = Arc::new(open().await);
+    let user = f.user_token(&[AGENT]).await;
+    let actor = f.svid(AGENT, ISSUER).await;
+    let req = Arc::new(exchange_request(&user, &actor, "directory", &read_users()));
+    for round in 0..15 {
+        let consent = f.consent(AGENT, &["directory_read"]).await;
+        exchange(&f, &req).await.unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut racers = Vec::new();
+        for _ in 0..3 {
+            let (f, req, stop) = (f.clone(), req.clone(), stop.clone());
+            racers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                // Bounded, and yielding: a cached exchange may never wait.
+                while !stop.load(std::sync::atomic::Ordering::Acquire) && seen.len() < 5_000 {
+                    let started = std::time::Instant::now();
+                    let ok = exchange(&f, &req).await.is_ok();
+                    seen.push((started, ok));
+                    tokio::task::yield_now().await;
+                }
+                seen
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        f.sts.revoke_consent(&consent.id).await.unwrap();
+        let revoked = std::time::Instant::now();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut after = 0;
+        for r in racers {
+            for (started, ok) in r.await.unwrap() {
+                if started > revoked {
+                    after += 1;
+                    assert!(
+                        !ok,
+                        "round {round}: an exchange started after the revocation passed"
+                    );
+                }
+            }
+        }
+        assert!(after > 0, "round {round}: no exchange raced the revocation");
+    }
+}
+
 #[tokio::test]
 async fn consent_is_required_and_revocation_bites_on_the_next_exchange() {
     let f = open().await;

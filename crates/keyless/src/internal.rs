@@ -2,7 +2,9 @@
 //! MCP gateway, the demo tool servers, the agent host). Their registration entries live in
 //! memory only: no workload selector can ever obtain these SPIFFE IDs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use keyless_identity::{Identity, RegistrationEntry, SpiffeId};
 
@@ -21,6 +23,10 @@ pub const AGENT_HOST_ID_PATH: &str = "/keyless/agent-host";
 pub struct InternalSvid {
     identity: Arc<Identity>,
     entry: RegistrationEntry,
+    /// SVIDs handed to the demo servers' consumption calls, per audience,
+    /// reused until half their life (as a workload would hold its SVID):
+    /// one ES256 signature per few minutes instead of one per tool call.
+    cached: Arc<Mutex<HashMap<String, (String, SystemTime)>>>,
 }
 
 /// The in-memory registration entry `id` of component `path`
@@ -50,7 +56,11 @@ impl InternalSvid {
     pub fn new(identity: Arc<Identity>, path: &str) -> anyhow::Result<Self> {
         let id = format!("keyless-internal{}", path.replace('/', "-"));
         let entry = entry(&identity, path, &id, path.trim_start_matches('/'))?;
-        Ok(Self { identity, entry })
+        Ok(Self {
+            identity,
+            entry,
+            cached: Arc::default(),
+        })
     }
 
     pub fn spiffe_id(&self) -> String {
@@ -68,9 +78,23 @@ impl InternalSvid {
 #[async_trait::async_trait]
 impl keyless_demo::SvidSource for InternalSvid {
     async fn jwt_svid(&self, audience: &str) -> Result<String, String> {
-        self.identity
-            .mint_jwt_svid(&self.entry, &[audience.to_owned()])
-            .map(|s| s.token)
-            .map_err(|e| e.to_string())
+        let now = SystemTime::now();
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((token, renew_at)) = cached.get(audience)
+            && now < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let svid = self.mint_jwt(audience)?;
+        let half = svid
+            .expires_at
+            .duration_since(svid.issued_at)
+            .unwrap_or_default()
+            / 2;
+        cached.insert(
+            audience.to_owned(),
+            (svid.token.clone(), svid.issued_at + half),
+        );
+        Ok(svid.token)
     }
 }

@@ -580,6 +580,9 @@ pub async fn run(args: UpArgs) -> CliResult {
     if let Some(l) = risk_listener {
         l.abort();
     }
+    if let Err(e) = risk.flush_baselines().await {
+        tracing::warn!(error = %e, "risk: learned baselines not written at shutdown");
+    }
     sts_feed.abort();
     let _ = workload_task.await;
     policy_watch.abort();
