@@ -5,7 +5,10 @@ with real MCP clients:
 - the MCP Inspector CLI (`@modelcontextprotocol/inspector --cli`),
 - the MCP conformance suite (`@modelcontextprotocol/conformance server`),
 
-plus the refusals over raw HTTP and `keyless tools list --json`.
+plus the refusals over raw HTTP and `keyless tools list --json`, and the
+Python SDK over the mTLS listener (`--mtls-listen`): the agent authenticates
+with its X509-SVID instead of a bearer token, and approvals come to the
+client as MCP elicitations.
 
 Every request carries the agent's JWT-SVID (audience exactly `{base}/mcp`,
 from `keyless svid fetch`) as its bearer token and the user's access token
@@ -25,6 +28,7 @@ import base64
 import json
 import os
 import re
+import ssl
 import subprocess
 import threading
 import time
@@ -37,7 +41,7 @@ from pathlib import Path
 import httpx
 import pytest
 import requests
-from mcp import ClientSession
+from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import wait_until
@@ -527,8 +531,9 @@ NOT_IN_CATALOG = (
     "the answer is the `unknown tool` refusal"
 )
 NO_SERVER_REQUESTS = (
-    "needs the server to send requests or notifications to the client during a call ({}); the gateway "
-    "is stateless with JSON responses, and its catalog has no such tool"
+    "needs the server to send requests or notifications to the client during a call of the reference "
+    "server's own tool ({}); the gateway's catalog has no such tool (the only request it sends during a "
+    "call is `elicitation/create` for a waiting approval, to a client that declared elicitation)"
 )
 EXPECTED_FAILURES: dict[str, str] = {
     "completion-complete": TOOLS_ONLY + " (completion/complete)",
@@ -674,3 +679,113 @@ def test_conformance_suite(gateway, tmp_path):
     # A scenario that started passing should leave the list (not a failure: report it).
     if stale:
         print(f"conformance scenarios now passing, remove them from EXPECTED_FAILURES: {stale}")
+
+
+# --- 6. the Python SDK over mTLS, approving by elicitation ---------------------------
+
+
+def mtls_url(fabric) -> str:
+    """The mTLS listener's base URL, from `keyless up`'s `mTLS:` line."""
+    for line in fabric.lines:
+        rest = line.strip().removeprefix("mTLS:")
+        if rest != line.strip():
+            return rest.split()[0]
+    pytest.fail(f"`keyless up` printed no mTLS line:\n{fabric.logs()}")
+
+
+async def mtls_flow(url: str, ctx: ssl.SSLContext, user_token: str, answers: list[str]) -> dict:
+    """One SDK session over mTLS (no Authorization header: the client
+    certificate is the agent), answering elicitations from `answers`."""
+    out: dict = {"asked": []}
+
+    async def elicit(_context, params: types.ElicitRequestParams):
+        out["asked"].append(params.message)
+        action = answers.pop(0)
+        return types.ElicitResult(action=action, content={} if action == "accept" else None)
+
+    http = httpx.AsyncClient(verify=ctx, headers={SUBJECT_HEADER: user_token}, timeout=httpx.Timeout(30, read=150))
+    async with http, streamable_http_client(url, http_client=http) as (read, write, get_session_id):
+        async with ClientSession(read, write, elicitation_callback=elicit) as session:
+            await session.initialize()
+            out["session_id"] = get_session_id()
+            out["tools"] = {t.name for t in (await session.list_tools()).tools}
+            out["read"] = await session.call_tool("directory.list_users", {"limit": 5})
+            out["write"] = await session.call_tool(
+                "bank.transfer_funds",
+                {"amount": 7, "currency": "USD", "destination": "acme-supplies"},
+                read_timeout_seconds=timedelta(seconds=60),
+            )
+            out["sensitive"] = await session.call_tool(
+                "directory.deactivate_user",
+                {"email": "bob@example.com"},
+                read_timeout_seconds=timedelta(seconds=60),
+            )
+    return out
+
+
+def test_python_sdk_over_mtls_is_the_agent_and_approves_by_elicitation(fabric_factory, own_uid_selector, tmp_path):
+    fabric = fabric_factory(start=False)
+    fabric.extra_args = ["--mtls-listen", "127.0.0.1:0"]
+    fabric.start()
+    gw = open_gateway(fabric, own_uid_selector)
+    files = fabric.fetch_svid_files(tmp_path / "svid")
+    assert files["spiffe_id"] == AGENT, files
+    # Verify the server's SVID against the trust bundle; an X509-SVID has
+    # no DNS name, only its SPIFFE ID, so no hostname check.
+    ctx = ssl.create_default_context(cafile=str(files["bundle"]))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(files["svid"]), str(files["key"]))
+    url = f"{mtls_url(fabric)}/mcp"
+
+    out = asyncio.run(asyncio.wait_for(mtls_flow(url, ctx, gw.user_token, ["accept", "decline"]), SDK_FLOW_TIMEOUT))
+
+    assert out["session_id"], "an elicitation-capable client gets a session"
+    assert VISIBLE <= out["tools"], f"missing: {sorted(VISIBLE - out['tools'])}"
+    assert not HIDDEN & out["tools"], f"tier 4 listed: {sorted(HIDDEN & out['tools'])}"
+    assert not out["read"].isError, text_of(out["read"])
+    assert "alice@example.com" in text_of(out["read"])
+    # The tier-2 write waited for the user, who accepted in the client.
+    assert not out["write"].isError, text_of(out["write"])
+    # The tier-3 call was declined there: denied, nothing done.
+    assert out["sensitive"].isError, text_of(out["sensitive"])
+    assert "denied" in text_of(out["sensitive"]), text_of(out["sensitive"])
+    assert len(out["asked"]) == 2, out["asked"]
+    assert "bank.transfer_funds" in out["asked"][0] and "acme-supplies" in out["asked"][0], out["asked"]
+    assert "directory.deactivate_user" in out["asked"][1], out["asked"]
+    assert gw.pending_approvals() == []
+
+    # The audit log tells the story: the gateway vouched for an agent that
+    # came by certificate, and the user answered in the MCP client.
+    events: list[dict] = []
+    while True:
+        page = requests.get(
+            f"{gw.base}/audit/entries", params={"start": len(events), "end": len(events) + 1000}, timeout=TIMEOUT
+        )
+        assert page.status_code == 200, page.text
+        body = page.json()
+        events += [e["event"] for e in body["entries"]]
+        if len(events) >= body["size"] or not body["entries"]:
+            break
+    exchanges = [e for e in events if e["type"] == "token_exchange.success" and e.get("agent") == AGENT]
+    assert exchanges, "no exchange for the mTLS agent"
+    assert all(
+        e["detail"]["actor_attested_by"] == "spiffe://example.org/keyless/gateway" for e in exchanges
+    ), exchanges
+    via = [e["detail"].get("via") for e in events if e["type"] in ("approval.granted", "approval.denied")]
+    assert via == ["elicitation", "elicitation"], via
+
+    # The same certificate without the user's token, or no certificate and
+    # no bearer on the mTLS listener: 401, nothing served.
+    for headers, cert in ((None, True), ({SUBJECT_HEADER: gw.user_token}, False)):
+        c = ssl.create_default_context(cafile=str(files["bundle"]))
+        c.check_hostname = False
+        if cert:
+            c.load_cert_chain(str(files["svid"]), str(files["key"]))
+        resp = httpx.post(
+            url,
+            json=INITIALIZE,
+            headers={"Accept": "application/json, text/event-stream", **(headers or {})},
+            verify=c,
+            timeout=TIMEOUT,
+        )
+        assert resp.status_code == 401, f"{resp.status_code}: {resp.text[:300]}"

@@ -309,6 +309,18 @@ impl Approvals {
         user_sub: &str,
         approve: bool,
     ) -> Result<Approval, ApprovalError> {
+        self.decide_via(approval_id, user_sub, approve, "api").await
+    }
+
+    /// [`Approvals::decide`], naming in the event the channel the user
+    /// answered on (`api`: `/api/approvals`; `elicitation`: the MCP client).
+    pub async fn decide_via(
+        &self,
+        approval_id: &str,
+        user_sub: &str,
+        approve: bool,
+        via: &'static str,
+    ) -> Result<Approval, ApprovalError> {
         let not_found = || ApprovalError::NotFound(approval_id.to_owned());
         // Another user's approval is "not found": its existence is not theirs to know.
         let approval = match self.get(approval_id).await? {
@@ -355,7 +367,8 @@ impl Approvals {
             approval_event(APPROVAL_GRANTED, Outcome::Success, &decided)
         } else {
             approval_event(APPROVAL_DENIED, Outcome::Denied, &decided).reason("denied by the user")
-        };
+        }
+        .detail("via", via);
         self.events.record(event).await?;
         Ok(decided)
     }

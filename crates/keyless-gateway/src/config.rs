@@ -9,8 +9,18 @@
 //! audience = "directory"
 //!
 //! [[upstream]]
+//! name = "crm"
+//! url = "https://crm.internal/mcp"   # https: system roots, plus `ca_file`
+//! ca_file = "/etc/keyless/crm-ca.pem"
+//! auth = "oauth"
+//! audience = "crm"
+//!
+//! [[upstream]]
 //! name = "files"
 //! command = ["mcp-server-files", "--root", "/srv"]   # stdio, restarted on crash
+//!
+//! [approvals]
+//! elicitation = true                 # also ask in the MCP client (see http.rs)
 //!
 //! [tools."directory.list_users"]
 //! tier = 1
@@ -97,6 +107,10 @@ pub struct UpstreamConfig {
     /// Upstream call timeout (humantime), default 15 s.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// For an `https` url: a PEM file of CA certificates trusted for this
+    /// upstream in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Catalog entry of one tool.
@@ -139,6 +153,25 @@ impl Default for Limits {
     }
 }
 
+/// How waiting calls reach the user besides `/api/approvals`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// Offer a pending approval to an MCP client that declared the
+    /// elicitation capability as an `elicitation/create` request during
+    /// the waiting `tools/call` (accept approves, decline or cancel denies).
+    /// The client answers with the user's own access token on the same
+    /// session, the authority `/api/approvals` also accepts; turn it off
+    /// for clients you do not trust to show the question to the user.
+    pub elicitation: bool,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self { elicitation: true }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +182,8 @@ pub struct GatewayConfig {
     pub tools: BTreeMap<String, ToolPolicy>,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     /// How often upstream tool lists are re-read to catch changed
     /// definitions (humantime), default 30 s.
     #[serde(default)]
@@ -195,17 +230,27 @@ impl GatewayConfig {
                     let parsed = url::Url::parse(url).map_err(|e| {
                         ConfigError::Invalid(format!("upstream `{}`: url: {e}", u.name))
                     })?;
-                    if parsed.scheme() == "https" {
+                    if parsed.scheme() != "http" && parsed.scheme() != "https" {
                         return invalid(format!(
-                            "upstream `{}`: https upstreams are not supported yet (use a local http endpoint or stdio)",
+                            "upstream `{}`: url must be http or https",
                             u.name
                         ));
                     }
-                    if parsed.scheme() != "http" {
-                        return invalid(format!("upstream `{}`: url must be http", u.name));
+                    if u.ca_file.is_some() && parsed.scheme() != "https" {
+                        return invalid(format!(
+                            "upstream `{}`: `ca_file` applies to https urls only",
+                            u.name
+                        ));
                     }
                 }
-                (None, Some(cmd)) if !cmd.is_empty() => {}
+                (None, Some(cmd)) if !cmd.is_empty() => {
+                    if u.ca_file.is_some() {
+                        return invalid(format!(
+                            "upstream `{}`: `ca_file` applies to https urls only",
+                            u.name
+                        ));
+                    }
+                }
                 _ => {
                     return invalid(format!(
                         "upstream `{}`: give exactly one of `url` or `command`",
@@ -394,12 +439,13 @@ mod tests {
             ("[[upstream]]\nname = \"a\"", "exactly one of"),
             (
                 "[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"",
-                "must be http",
+                "must be http or https",
             ),
             (
-                "[[upstream]]\nname = \"a\"\nurl = \"https://x\"",
-                "not supported yet",
+                "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nca_file = \"/ca.pem\"",
+                "https urls only",
             ),
+            ("[approvals]\nelicitation = \"yes\"", "invalid type"),
             (
                 "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nauth = \"oauth\"",
                 "audience",
@@ -418,6 +464,19 @@ mod tests {
             let e = GatewayConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn an_https_upstream_with_a_ca_file_parses() {
+        let c = GatewayConfig::parse(
+            "[[upstream]]\nname = \"a\"\nurl = \"https://x/mcp\"\nca_file = \"/etc/ca.pem\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.upstream("a").unwrap().ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(c.approvals.elicitation, "elicitation is on by default");
     }
 
     #[test]

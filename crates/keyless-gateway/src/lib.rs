@@ -1,34 +1,59 @@
 //! The MCP security gateway: where every agent action is decided.
 //!
 //! Agents reach upstream MCP tool servers only through `/mcp`. Each
-//! `tools/call` is authenticated (agent JWT-SVID + the user's access token
-//! with a live session), checked against the pinned tool catalog and the
-//! safety limits, approved by a human where its tier asks for it, turned
-//! into a single-use on-behalf-of token by an RFC 8693 exchange with the
-//! call's exact `authorization_details`, and only then sent upstream. The
-//! tokens the agent presented never leave the gateway. With a risk ladder
-//! wired (`Gateway::set_ladder`), every call is also an observation for it
+//! `tools/call` is authenticated (the agent by a JWT-SVID bearer or, on the
+//! mTLS listener, by its X509-SVID; the user by an access token with a
+//! live session), checked against the pinned tool catalog and the safety
+//! limits, approved by a human where its tier asks for it (through
+//! `/api/approvals`, or MCP elicitation when the client declared it),
+//! turned into a single-use on-behalf-of token by an RFC 8693 exchange with
+//! the call's exact `authorization_details`, and only then sent upstream.
+//! The credentials the agent presented never leave the gateway; an agent
+//! that came by mTLS is vouched for at the STS by the gateway as an actor
+//! attester (`keyless_sts::TOKEN_TYPE_ATTESTED_X509_SVID`). `tools/list`
+//! shows each caller only what the policy in force could allow it, and a
+//! tool hidden that way is unknown to a call. With a risk ladder wired
+//! (`Gateway::set_ladder`), every call is also an observation for it
 //! before anyone approves it (a W1 caution is appended to the result), and
 //! a refused exchange or a loop-breaker trip is one too.
 //!
-//! Modules: `config` (TOML: upstreams, tiers, RAR templates, limits),
-//! `upstream` (rmcp clients over Streamable HTTP and stdio), `catalog`
-//! (definition pinning), `approvals` + `approvals_http` (human in the
-//! loop), `limits` (rate limits, loop breaker), `pipeline` (the per-call
-//! steps), `mcp` (the downstream rmcp server), `http` (routes and
-//! authentication).
+//! Modules: `config` (TOML: upstreams, tiers, RAR templates, limits,
+//! approvals), `upstream` (rmcp clients over Streamable HTTP, `https`
+//! included, and stdio; `tools/list_changed` re-lists), `catalog`
+//! (definition pinning), `visibility` (per-caller listing by policy),
+//! `approvals` + `approvals_http` (human in the loop), `limits` (rate
+//! limits, loop breaker), `pipeline` (the per-call steps), `mcp` (the
+//! downstream rmcp server, elicitation), `http` (routes, authentication,
+//! the stateless and the session service).
 //!
 //! Not done yet:
-//! - Agent authentication with an mTLS X509-SVID: the exchange needs the
-//!   agent's JWT-SVID as actor token, so `/mcp` takes JWT-SVIDs only.
-//! - Approval through MCP elicitation: `/mcp` is stateless (JSON answers),
-//!   so approvals go through `/api/approvals` (the console's path) only.
-//! - `tools/list` hides blocked and tier-4 tools; it does not evaluate Cedar
-//!   per agent to hide what policy would refuse.
-//! - Upstreams over `https`: the upstream HTTP client is built without TLS
-//!   (a config naming an `https` upstream is refused at start).
-//! - Upstream `notifications/tools/list_changed` is not listened to; tool
-//!   lists are re-read every `refresh_tools` (30 s by default).
+//! - Elicitation for clients of protocol `2026-07-28`: that revision
+//!   forbids server-to-client requests and replaces them with
+//!   multi-round-trip results (`InputRequiredResult` with `inputRequests`
+//!   and a `requestState` the client echoes, SEP-2322), which rmcp 3.11
+//!   has; the gateway does not return them yet, so such clients (always
+//!   served statelessly) approve through `/api/approvals` only. Doing it
+//!   means binding the echoed `requestState` to the approval id (an HMAC,
+//!   rmcp's `request-state` feature) and re-running the call on the retry.
+//! - Elicitation sessions live in one process's memory: behind a load
+//!   balancer a session must stay on its replica (sticky routing on
+//!   `Mcp-Session-Id`); rmcp's `SessionStore` could restore them, but the
+//!   owner binding would have to move to the store too.
+//! - An elicitation is answered by the MCP client, which holds the user's
+//!   access token (the same authority `/api/approvals` accepts); an
+//!   out-of-band approval that the client cannot answer itself (CIBA, or
+//!   URL-mode elicitation pointing at the console) is not offered.
+//! - The per-caller listing asks the policy about an ordinary session
+//!   (low risk, no step-up, no amount): a tool a W3 session may not call is
+//!   still listed and refused at the exchange with the reason; verdicts
+//!   are cached for up to 30 s per (agent, user, session) and policy set,
+//!   so a policy on time or session age shows in listings that late.
+//! - Cedar cannot tell an attested (mTLS) actor from one that presented
+//!   its own JWT-SVID: the decision input has no field for it yet (the
+//!   token and the audit event do say it).
+//! - `https` upstreams: no client certificate towards the upstream (the
+//!   gateway does not present its own X509-SVID there) and no certificate
+//!   pinning beyond `ca_file`.
 
 pub mod approvals;
 pub mod approvals_http;
@@ -39,6 +64,7 @@ pub mod limits;
 pub mod mcp;
 pub mod pipeline;
 pub mod upstream;
+pub mod visibility;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +72,12 @@ use std::time::Duration;
 pub use approvals::{Approval, ApprovalError, ApprovalRequest, Approvals, Gate};
 pub use catalog::{BlockReason, Catalog, CatalogError, PinnedTool, ToolDef, ToolStatus};
 pub use config::{ConfigError, GatewayConfig};
-pub use pipeline::{Caller, GATEWAY_AUDIENCE, Gateway, GatewayParts, SUBJECT_TOKEN_HEADER};
-pub use upstream::Upstreams;
+pub use pipeline::{
+    AgentCredential, ApprovalPrompt, ApprovalQuestion, Caller, GATEWAY_AUDIENCE, Gateway,
+    GatewayParts, SUBJECT_TOKEN_HEADER,
+};
+pub use upstream::{UpstreamError, Upstreams};
+pub use visibility::ToolVisibility;
 
 /// How long a tier-2 approval covers the session's writes.
 pub const SESSION_GRANT_TTL: Duration = Duration::from_secs(30 * 60);
@@ -72,6 +102,8 @@ pub struct StartParams {
 pub enum StartError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
 }
 
 /// Opens the catalog and approvals, connects the upstreams (their tools
@@ -95,6 +127,14 @@ pub async fn start(p: StartParams) -> Result<Arc<Gateway>, StartError> {
             }
         })
     });
+    // Before anything is spawned: a bad upstream (its CA file) refuses
+    // the start.
+    let upstreams = Upstreams::start(
+        &p.config.upstreams,
+        p.config.refresh_interval(),
+        on_tools,
+        p.shutdown.clone(),
+    )?;
     // Approvals made through another replica reach this one's in-memory
     // pins at the same pace as upstream changes.
     {
@@ -114,12 +154,6 @@ pub async fn start(p: StartParams) -> Result<Arc<Gateway>, StartError> {
             }
         });
     }
-    let upstreams = Upstreams::start(
-        &p.config.upstreams,
-        p.config.refresh_interval(),
-        on_tools,
-        p.shutdown,
-    );
     let base = p.base_url.trim_end_matches('/').to_owned();
     Ok(Arc::new(Gateway::new(GatewayParts {
         config: p.config,

@@ -1,5 +1,8 @@
-//! The per-call pipeline, in order: authenticate agent and user (session
-//! still live) → tool lookup and pin → safety limits → tier → approval →
+//! The per-call pipeline, in order: authenticate agent (JWT-SVID bearer, or
+//! the X509-SVID of the mTLS connection) and user (session still live) →
+//! tool lookup (a tool the caller may not see is unknown: `visibility.rs`)
+//! and pin → safety limits → tier → approval (`/api/approvals`, and MCP
+//! elicitation when the client offers it) →
 //! token exchange at the STS with the call's RAR (tier 4 dies there with
 //! the policy's reason) → the upstream call with the single-use OBO token or
 //! an injected static credential → the result.
@@ -13,19 +16,23 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::future::BoxFuture;
 use keyless_audit::{Event, EventSink, Outcome};
-use keyless_identity::Identity;
+use keyless_identity::{Identity, PeerSvid};
 use keyless_sts::{
     AccessTokenClaims, AuthenticatedClient, ExchangeContext, Sts, TokenExchangeRequest,
 };
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
 use serde_json::{Value, json};
 
-use crate::approvals::{ApprovalRequest, Approvals, Gate};
+use crate::approvals::{ApprovalError, ApprovalRequest, Approvals, Gate};
 use crate::catalog::{Catalog, ToolStatus};
 use crate::config::{self, GatewayConfig, UpstreamAuth};
 use crate::limits::Limiter;
 use crate::upstream::Upstreams;
+use crate::visibility::{Asker, ToolQuestion, ToolVisibility, VisibilityCache};
 use keyless_signals::ladder::{Ladder, Verdict};
 use keyless_signals::risk::{Observation, ObservationKind};
 
@@ -36,13 +43,46 @@ pub const GATEWAY_AUDIENCE: &str = "keyless-gateway";
 /// The header carrying the user's access token.
 pub const SUBJECT_TOKEN_HEADER: &str = "x-keyless-subject-token";
 
-/// Who is calling: the agent (by its JWT-SVID) on behalf of the user (by
-/// their access token). Both tokens stay in the gateway: they go to the
-/// STS as subject and actor, never upstream.
+/// How the agent proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentCredential {
+    /// `Authorization: Bearer <JWT-SVID>` for our canonical URI; relayed
+    /// to the STS as the actor token.
+    JwtSvid(String),
+    /// The X509-SVID leaf (DER) the mTLS listener verified in the
+    /// handshake; the STS gets it as an attested actor token (see
+    /// `keyless_sts::TOKEN_TYPE_ATTESTED_X509_SVID`).
+    X509Svid(Vec<u8>),
+}
+
+impl AgentCredential {
+    /// The name events use.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::JwtSvid(_) => "jwt-svid",
+            Self::X509Svid(_) => "x509-svid",
+        }
+    }
+
+    /// The actor token and its type for the exchange.
+    fn actor_token(&self) -> (String, &'static str) {
+        match self {
+            Self::JwtSvid(t) => (t.clone(), keyless_sts::TOKEN_TYPE_JWT),
+            Self::X509Svid(der) => (
+                URL_SAFE_NO_PAD.encode(der),
+                keyless_sts::TOKEN_TYPE_ATTESTED_X509_SVID,
+            ),
+        }
+    }
+}
+
+/// Who is calling: the agent (by its JWT-SVID or X509-SVID) on behalf of
+/// the user (by their access token). The credentials stay in the gateway:
+/// they go to the STS as subject and actor, never upstream.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub agent: String,
-    pub agent_token: String,
+    pub credential: AgentCredential,
     pub user: Arc<AccessTokenClaims>,
     pub user_token: String,
     pub auth_ms: f64,
@@ -52,6 +92,26 @@ impl Caller {
     pub fn user_label(&self) -> String {
         self.user.user_label().to_owned()
     }
+}
+
+/// A call waiting for the user's approval, as the MCP client is asked.
+#[derive(Debug, Clone)]
+pub struct ApprovalQuestion {
+    pub approval_id: String,
+    pub tool: String,
+    pub tier: u8,
+    /// One human line (the RAR summary).
+    pub summary: String,
+    /// The call's canonical arguments.
+    pub arguments: String,
+}
+
+/// Asks the user, through the MCP client, to decide a waiting call (MCP
+/// elicitation, `mcp.rs`). `Some(true)` approves, `Some(false)` denies,
+/// `None` is no answer (the client failed or gave up): the call keeps
+/// waiting for `/api/approvals`.
+pub trait ApprovalPrompt: Send + Sync {
+    fn ask<'a>(&'a self, question: &'a ApprovalQuestion) -> BoxFuture<'a, Option<bool>>;
 }
 
 /// Why a caller was not let in (mapped to 401/403 by `http.rs`).
@@ -95,6 +155,7 @@ pub struct Gateway {
     approvals: Arc<Approvals>,
     upstreams: Upstreams,
     limiter: Limiter,
+    visibility: VisibilityCache,
     client: AuthenticatedClient,
     secrets: Option<Arc<keyless_secrets::Secrets>>,
     /// The risk ladder, when signals are wired (`keyless up` always does).
@@ -130,6 +191,7 @@ impl Gateway {
         let limiter = Limiter::new(p.config.limits.clone());
         Self {
             limiter,
+            visibility: VisibilityCache::default(),
             resource_metadata_url: format!(
                 "{}/.well-known/oauth-protected-resource/mcp",
                 p.base_url.trim_end_matches('/')
@@ -201,17 +263,27 @@ impl Gateway {
         self.config.tier(tool)
     }
 
+    /// Whether waiting approvals are also offered to MCP clients by
+    /// elicitation (`[approvals] elicitation`).
+    pub fn elicitation_enabled(&self) -> bool {
+        self.config.approvals.elicitation
+    }
+
     pub fn max_argument_bytes(&self) -> usize {
         self.limiter.max_argument_bytes()
     }
 
-    /// Authenticates the agent (`Authorization: Bearer <JWT-SVID>` for our
-    /// canonical URI) and the user (`X-Keyless-Subject-Token`, an access
-    /// token of ours whose session is still live).
+    /// Authenticates the agent and the user (`X-Keyless-Subject-Token`, an
+    /// access token of ours whose session is still live). The agent is
+    /// `Authorization: Bearer <JWT-SVID>` for our canonical URI, or `peer`:
+    /// the X509-SVID the mTLS listener verified for this connection (only
+    /// that listener sets it). When both come they must name the same
+    /// agent: one request speaks for one agent.
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
         subject_token: Option<&str>,
+        peer: Option<&PeerSvid>,
     ) -> Result<Caller, AuthError> {
         let started = Instant::now();
         let bearer = authorization
@@ -220,17 +292,38 @@ impl Gateway {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                AuthError::MissingAgent(
-                    "authenticate as an agent: Authorization: Bearer <JWT-SVID for this gateway>"
-                        .into(),
+            .filter(|t| !t.is_empty());
+        let (agent, credential) = match (bearer, peer) {
+            (Some(bearer), peer) => {
+                let svid = self
+                    .identity
+                    .validate_jwt_svid(bearer, &self.canonical_uri)
+                    .map_err(|e| AuthError::InvalidAgent(format!("agent JWT-SVID: {e}")))?;
+                if let Some(p) = peer
+                    && p.spiffe_id != svid.spiffe_id
+                {
+                    return Err(AuthError::InvalidAgent(format!(
+                        "the JWT-SVID names `{}` but the TLS client certificate is `{}`",
+                        svid.spiffe_id, p.spiffe_id
+                    )));
+                }
+                (
+                    svid.spiffe_id.to_string(),
+                    AgentCredential::JwtSvid(bearer.to_owned()),
                 )
-            })?;
-        let svid = self
-            .identity
-            .validate_jwt_svid(bearer, &self.canonical_uri)
-            .map_err(|e| AuthError::InvalidAgent(format!("agent JWT-SVID: {e}")))?;
+            }
+            (None, Some(p)) => (
+                p.spiffe_id.to_string(),
+                AgentCredential::X509Svid(p.leaf_der.clone()),
+            ),
+            (None, None) => {
+                return Err(AuthError::MissingAgent(
+                    "authenticate as an agent: Authorization: Bearer <JWT-SVID for this gateway>, \
+                     or an X509-SVID client certificate on the mTLS listener"
+                        .into(),
+                ));
+            }
+        };
         let user_token = subject_token
             .map(str::trim)
             .filter(|t| !t.is_empty())
@@ -261,21 +354,63 @@ impl Gateway {
             ));
         }
         Ok(Caller {
-            agent: svid.spiffe_id.to_string(),
-            agent_token: bearer.to_owned(),
+            agent,
+            credential,
             user: Arc::new(claims),
             user_token: user_token.to_owned(),
             auth_ms: ms(started),
         })
     }
 
-    /// The tools a caller may see: approved pins, not blocked by tier.
-    pub fn visible_tools(&self, _caller: &Caller) -> Vec<Tool> {
+    /// Whether `caller` may see `tool` (namespaced, of a known upstream):
+    /// see `visibility.rs`.
+    pub fn visibility(&self, caller: &Caller, tool: &str) -> ToolVisibility {
+        let tier = self.config.tier(tool);
+        if tier >= 4 {
+            return ToolVisibility::HiddenByTier;
+        }
+        let policies = self.sts.policies().current();
+        let now = keyless_store::now_millis() / 1000;
+        let user_label = caller.user_label();
+        let asker = Asker {
+            agent: &caller.agent,
+            user_sub: &caller.user.sub,
+            user_label: &user_label,
+            session: caller.user.sid.as_deref(),
+            session_age_secs: now
+                .saturating_sub(caller.user.auth_time.unwrap_or(caller.user.iat))
+                .max(0),
+            now,
+        };
+        self.visibility.verdict(&policies, &asker, tool, || {
+            let (server, bare) = tool.split_once('.')?;
+            let upstream = self.upstreams.config(server)?;
+            let rar = config::render_rar(
+                self.config.tools.get(tool),
+                tool,
+                bare,
+                tier,
+                &JsonObject::new(),
+                "",
+            );
+            let detail = self.sts.rar().preview(&rar)?;
+            Some(ToolQuestion {
+                rar_type: detail.rar_type,
+                actions: detail.actions,
+                tier: detail.tier,
+                audience: exchange_audience(upstream),
+            })
+        })
+    }
+
+    /// The tools a caller may see: approved pins, not tier 4, and ones the
+    /// policy in force could allow this agent and user (`visibility.rs`).
+    pub fn visible_tools(&self, caller: &Caller) -> Vec<Tool> {
         self.upstreams
             .tools()
             .into_iter()
             .filter(|t| self.catalog.status(&t.name) == Some(ToolStatus::Approved))
-            .filter(|t| self.config.tier(&t.name) < 4)
+            .filter(|t| self.visibility(caller, &t.name) == ToolVisibility::Visible)
             .map(|t| {
                 let schema = match t.input_schema {
                     Value::Object(m) => m,
@@ -287,12 +422,14 @@ impl Gateway {
     }
 
     /// Runs one `tools/call`. `Ok` is the upstream's result; `Err` a
-    /// refusal or failure (already recorded as an event).
+    /// refusal or failure (already recorded as an event). `prompt`, when
+    /// the MCP client can be asked, also offers a waiting approval to it.
     pub async fn call(
         &self,
         caller: &Caller,
         name: &str,
         arguments: JsonObject,
+        prompt: Option<&dyn ApprovalPrompt>,
     ) -> Result<CallToolResult, Refusal> {
         let started = Instant::now();
         let correlation = uuid::Uuid::new_v4().to_string();
@@ -331,6 +468,29 @@ impl Gateway {
         let Some(upstream) = self.upstreams.config(server).cloned() else {
             return Err(refuse("lookup", "unknown_tool", format!("unknown tool `{name}`")).await);
         };
+        // A tool the caller may not see answers like an unknown one (the
+        // same step, error and text); only the audit log says why.
+        if self.catalog.status(name).is_some()
+            && let ToolVisibility::HiddenByPolicy { policies, reason } =
+                self.visibility(caller, name)
+        {
+            let text = format!("unknown tool `{name}`");
+            let mut e = base("tool.denied", Outcome::Denied)
+                .reason(text.clone())
+                .detail("step", "lookup")
+                .detail("hidden_by_policy", policies)
+                .detail("policy_reason", reason);
+            e.duration_ms = Some(ms(started));
+            let text = match self.events.record(e).await {
+                Ok(_) => text,
+                Err(err) => format!("{text} ({err})"),
+            };
+            return Err(Refusal {
+                step: "lookup",
+                error: "unknown_tool",
+                reason: text,
+            });
+        }
         match self.catalog.status(name) {
             Some(ToolStatus::Approved) => {}
             Some(ToolStatus::Blocked { reason }) => {
@@ -460,7 +620,14 @@ impl Gateway {
                 Ok(Gate::NotNeeded) => {}
                 Ok(Gate::Cached) | Ok(Gate::Granted { .. }) => approvals = 1,
                 Ok(Gate::Pending { approval_id }) => {
-                    match self.approvals.wait(&approval_id).await {
+                    let question = ApprovalQuestion {
+                        approval_id: approval_id.clone(),
+                        tool: name.to_owned(),
+                        tier,
+                        summary: req.summary.clone(),
+                        arguments: args_text.clone(),
+                    };
+                    match self.wait_for_approval(caller, &question, prompt).await {
                         Ok(()) => approvals = 1,
                         Err(e) => {
                             return Err(refuse("approval", "approval_denied", e.to_string()).await);
@@ -473,6 +640,7 @@ impl Gateway {
         let approval_ms = ms(approval_started);
         {
             let mut e = base("tool.authorized", Outcome::Success)
+                .detail("agent_auth", caller.credential.kind())
                 .detail("auth_ms", caller.auth_ms)
                 .detail("approval_ms", approval_ms);
             e.rar_type = rar.get("type").and_then(Value::as_str).map(str::to_owned);
@@ -492,16 +660,16 @@ impl Gateway {
         // decide every call (tier 4 dies here). OAuth upstreams get the
         // single-use token; the others' calls are decided under the
         // gateway's own audience and the token is not used.
-        let audience = match upstream.auth {
-            UpstreamAuth::Oauth => upstream.audience.clone().unwrap_or_default(),
-            _ => GATEWAY_AUDIENCE.to_owned(),
-        };
+        // The agent's JWT-SVID is relayed as is; an agent that came by
+        // mTLS is vouched for by the gateway as an actor attester.
+        let audience = exchange_audience(&upstream);
+        let (actor_token, actor_token_type) = caller.credential.actor_token();
         let req = TokenExchangeRequest {
             grant_type: keyless_sts::GRANT_TYPE_TOKEN_EXCHANGE.into(),
             subject_token: Some(caller.user_token.clone()),
             subject_token_type: Some(keyless_sts::TOKEN_TYPE_ACCESS_TOKEN.into()),
-            actor_token: Some(caller.agent_token.clone()),
-            actor_token_type: Some(keyless_sts::TOKEN_TYPE_JWT.into()),
+            actor_token: Some(actor_token),
+            actor_token_type: Some(actor_token_type.into()),
             audience: vec![audience],
             authorization_details: Some(json!([rar]).to_string()),
             ..TokenExchangeRequest::default()
@@ -581,6 +749,38 @@ impl Gateway {
         })
     }
 
+    /// Waits for the decision of a pending approval. With a `prompt`, the
+    /// question also goes to the MCP client; its answer is recorded on the
+    /// same approval record `/api/approvals` decides (by the same user),
+    /// and whichever decision lands first is the one the call gets.
+    async fn wait_for_approval(
+        &self,
+        caller: &Caller,
+        question: &ApprovalQuestion,
+        prompt: Option<&dyn ApprovalPrompt>,
+    ) -> Result<(), ApprovalError> {
+        let wait = self.approvals.wait(&question.approval_id);
+        let mut wait = std::pin::pin!(wait);
+        let Some(prompt) = prompt else {
+            return wait.await;
+        };
+        tokio::select! {
+            decided = &mut wait => return decided,
+            answer = prompt.ask(question) => {
+                if let Some(approve) = answer
+                    && let Err(e) = self
+                        .approvals
+                        .decide_via(&question.approval_id, &caller.user.sub, approve, "elicitation")
+                        .await
+                {
+                    // Decided elsewhere first, or expired: the wait says which.
+                    tracing::debug!(approval = %question.approval_id, error = %e, "elicitation answer not recorded");
+                }
+            }
+        }
+        wait.await
+    }
+
     async fn static_credential(&self, upstream: &config::UpstreamConfig) -> Result<String, String> {
         let (Some(secrets), Some(cred)) = (&self.secrets, &upstream.static_credential) else {
             return Err(format!(
@@ -622,7 +822,16 @@ impl Gateway {
     }
 }
 
-/// The first text content of a result (its error message).
+/// The audience an exchange for a call to `upstream` targets: OAuth
+/// upstreams get their token; the others' calls are decided under the
+/// gateway's own audience.
+fn exchange_audience(upstream: &config::UpstreamConfig) -> String {
+    match upstream.auth {
+        UpstreamAuth::Oauth => upstream.audience.clone().unwrap_or_default(),
+        _ => GATEWAY_AUDIENCE.to_owned(),
+    }
+}
+
 /// What the risk ladder needs to know of a call: who, which session, and
 /// from its RAR detail the amount, destination and whose data it touches.
 fn observation(caller: &Caller, tool: &str, rar: Option<&Value>) -> Observation {
@@ -659,6 +868,7 @@ fn observation(caller: &Caller, tool: &str, rar: Option<&Value>) -> Observation 
     }
 }
 
+/// The first text content of a result (its error message).
 fn first_text(r: &CallToolResult) -> String {
     r.content
         .iter()

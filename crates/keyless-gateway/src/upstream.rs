@@ -4,6 +4,16 @@
 //! process dies, is reconnected in the background with backoff; calls to it
 //! fail fast meanwhile and the other servers are unaffected.
 //!
+//! Tool lists are read at every connection, re-read every `refresh_tools`,
+//! and re-read at once when the upstream sends
+//! `notifications/tools/list_changed` (so a changed definition is pinned
+//! against, and blocked, as soon as the server says so).
+//!
+//! HTTP upstreams may be `https`: rustls on aws-lc-rs (reqwest's `rustls`
+//! feature, nothing else) with the platform verifier, i.e. the system
+//! roots, plus the CA certificates of the upstream's `ca_file`. One client
+//! per upstream is built at start, so a bad CA file refuses the start.
+//!
 //! Per-call credentials: the caller passes one header line (`Name: value`,
 //! e.g. `Authorization: Bearer <OBO token>`) with each call. Over HTTP it
 //! travels in the request's `_meta` under [`AUTHORIZATION_META`] as far as
@@ -16,17 +26,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
+use rmcp::ClientHandler;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientJsonRpcMessage, ClientRequest, JsonObject,
     JsonRpcMessage, RequestMetaObject,
 };
-use rmcp::service::{Peer, RoleClient, RunningService, ServiceExt};
+use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService, ServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
     StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
 use sse_stream::{Error as SseError, Sse};
+use tokio::sync::Notify;
 
 use crate::catalog::ToolDef;
 use crate::config::UpstreamConfig;
@@ -47,6 +59,8 @@ pub enum UpstreamError {
     Call(String, String),
     #[error("no upstream named `{0}`")]
     Unknown(String),
+    #[error("upstream `{0}`: {1}")]
+    Config(String, String),
 }
 
 /// What a connected upstream offers.
@@ -60,6 +74,46 @@ struct Connected {
 struct Slot {
     config: UpstreamConfig,
     state: RwLock<Option<Connected>>,
+    /// The HTTP client of an HTTP upstream (its TLS roots), built once.
+    http: Option<reqwest::Client>,
+}
+
+/// Our side of an upstream session: it only listens for
+/// `notifications/tools/list_changed`, which wakes the supervisor.
+#[derive(Debug, Clone)]
+struct UpstreamClient {
+    tools_changed: Arc<Notify>,
+}
+
+impl ClientHandler for UpstreamClient {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        // `notify_one` keeps one permit: a notification that arrives while
+        // the supervisor is re-listing is not lost.
+        self.tools_changed.notify_one();
+    }
+}
+
+/// The HTTP client for an upstream `url`: rustls with the platform
+/// verifier (system roots) plus the certificates of `ca_file`.
+fn http_client(config: &UpstreamConfig) -> Result<reqwest::Client, UpstreamError> {
+    let bad = |m: String| UpstreamError::Config(config.name.clone(), m);
+    let mut builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .tls_backend_rustls();
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| bad(format!("cannot read `ca_file` `{}`: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| bad(format!("`ca_file` `{}`: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(bad(format!(
+                "`ca_file` `{}` holds no certificate",
+                path.display()
+            )));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| bad(e.to_string()))
 }
 
 /// A callback told about every (re)connection with the tools offered, so
@@ -85,24 +139,40 @@ impl Upstreams {
     /// Starts a supervisor per upstream (connect, list tools, report them
     /// through `on_tools`, reconnect on loss) and returns at once; use
     /// [`Upstreams::wait_connected`] to wait for the first connections.
+    /// Fails, starting nothing, when an upstream's HTTP client cannot be
+    /// built (an unreadable or empty `ca_file`).
     pub fn start(
         configs: &[UpstreamConfig],
         refresh: Duration,
         on_tools: OnTools,
         shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
+    ) -> Result<Self, UpstreamError> {
         let mut slots = HashMap::new();
         for c in configs {
-            let slot = Arc::new(Slot {
-                config: c.clone(),
-                state: RwLock::new(None),
-            });
-            slots.insert(c.name.clone(), slot.clone());
-            tokio::spawn(supervise(slot, refresh, on_tools.clone(), shutdown.clone()));
+            let http = match &c.url {
+                Some(_) => Some(http_client(c)?),
+                None => None,
+            };
+            slots.insert(
+                c.name.clone(),
+                Arc::new(Slot {
+                    config: c.clone(),
+                    state: RwLock::new(None),
+                    http,
+                }),
+            );
         }
-        Self {
+        for slot in slots.values() {
+            tokio::spawn(supervise(
+                slot.clone(),
+                refresh,
+                on_tools.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Ok(Self {
             slots: Arc::new(slots),
-        }
+        })
     }
 
     /// Waits (at most `timeout`) until every upstream connected once;
@@ -198,11 +268,15 @@ async fn supervise(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = RECONNECT_MIN;
+    let tools_changed = Arc::new(Notify::new());
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match connect(&slot.config).await {
+        let handler = UpstreamClient {
+            tools_changed: tools_changed.clone(),
+        };
+        match connect(&slot, handler).await {
             Ok(service) => {
                 backoff = RECONNECT_MIN;
                 let peer = service.peer().clone();
@@ -220,37 +294,43 @@ async fn supervise(
                         let mut relist = tokio::time::interval(refresh);
                         relist.tick().await;
                         loop {
+                            // Definitions can change under a live session:
+                            // re-list and let the catalog reconcile, at the
+                            // server's word or periodically.
                             tokio::select! {
                                 _ = check.tick() => {
                                     let closed = service.is_transport_closed()
                                         || slot.state.read().map(|g| g.is_none()).unwrap_or(true);
                                     if closed { break; }
+                                    continue;
                                 }
-                                // Definitions can change under a live session:
-                                // re-list and let the catalog reconcile.
-                                _ = relist.tick() => {
-                                    let peer = service.peer().clone();
-                                    match list_tools(&slot.config.name, &peer).await {
-                                        Ok(tools) => {
-                                            let changed = slot.state.read().map(|g| {
-                                                g.as_ref().is_none_or(|c| c.tools != tools)
-                                            }).unwrap_or(true);
-                                            if changed {
-                                                on_tools(slot.config.name.clone(), tools.clone()).await;
-                                                if let Ok(mut g) = slot.state.write() {
-                                                    *g = Some(Connected { peer, tools });
-                                                }
-                                            }
-                                        }
-                                        Err(e) => {
-                                            tracing::warn!(upstream = %slot.config.name, error = %e, "re-listing upstream tools failed");
-                                            break;
-                                        }
-                                    }
+                                _ = relist.tick() => {}
+                                () = tools_changed.notified() => {
+                                    tracing::debug!(upstream = %slot.config.name, "upstream says its tools changed");
                                 }
                                 _ = shutdown.changed() => {
                                     token.cancel();
                                     return;
+                                }
+                            }
+                            let peer = service.peer().clone();
+                            match list_tools(&slot.config.name, &peer).await {
+                                Ok(tools) => {
+                                    let changed = slot
+                                        .state
+                                        .read()
+                                        .map(|g| g.as_ref().is_none_or(|c| c.tools != tools))
+                                        .unwrap_or(true);
+                                    if changed {
+                                        on_tools(slot.config.name.clone(), tools.clone()).await;
+                                        if let Ok(mut g) = slot.state.write() {
+                                            *g = Some(Connected { peer, tools });
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(upstream = %slot.config.name, error = %e, "re-listing upstream tools failed");
+                                    break;
                                 }
                             }
                         }
@@ -293,19 +373,18 @@ async fn list_tools(server: &str, peer: &Peer<RoleClient>) -> Result<Vec<ToolDef
         .collect())
 }
 
-async fn connect(config: &UpstreamConfig) -> Result<RunningService<RoleClient, ()>, String> {
-    if let Some(url) = &config.url {
-        let client = OboHttpClient(
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
+async fn connect(
+    slot: &Slot,
+    handler: UpstreamClient,
+) -> Result<RunningService<RoleClient, UpstreamClient>, String> {
+    let config = &slot.config;
+    if let (Some(url), Some(http)) = (&config.url, &slot.http) {
+        let client = OboHttpClient(http.clone());
         let transport = StreamableHttpClientTransport::with_client(
             client,
             StreamableHttpClientTransportConfig::with_uri(url.clone()).max_concurrent_requests(256),
         );
-        return tokio::time::timeout(Duration::from_secs(10), ().serve(transport))
+        return tokio::time::timeout(Duration::from_secs(10), handler.serve(transport))
             .await
             .map_err(|_| "initialize timed out".to_owned())?
             .map_err(|e| e.to_string());
@@ -316,7 +395,7 @@ async fn connect(config: &UpstreamConfig) -> Result<RunningService<RoleClient, (
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).envs(&config.env).kill_on_drop(true);
     let transport = rmcp::transport::TokioChildProcess::new(cmd).map_err(|e| e.to_string())?;
-    tokio::time::timeout(Duration::from_secs(10), ().serve(transport))
+    tokio::time::timeout(Duration::from_secs(10), handler.serve(transport))
         .await
         .map_err(|_| "initialize timed out".to_owned())?
         .map_err(|e| e.to_string())

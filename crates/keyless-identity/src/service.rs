@@ -450,6 +450,31 @@ impl Identity {
         )
     }
 
+    /// Validates an X509-SVID leaf (DER) of this trust domain: it must chain
+    /// to a current root through one of our intermediates, be valid now,
+    /// carry clientAuth and follow the X509-SVID profile (`x509.rs`). A
+    /// certificate is public: this proves it is a current SVID, not that
+    /// the one presenting it holds its key.
+    pub fn validate_x509_svid(
+        &self,
+        leaf_der: &[u8],
+    ) -> Result<crate::x509::ValidatedX509Svid, IdentityError> {
+        let state = self.snapshot();
+        let roots: Vec<&[u8]> = state.cas.iter().map(|c| c.root_der.as_slice()).collect();
+        let intermediates: Vec<&[u8]> = state
+            .cas
+            .iter()
+            .map(|c| c.intermediate_der.as_slice())
+            .collect();
+        crate::x509::validate(
+            leaf_der,
+            &roots,
+            &intermediates,
+            &self.config.trust_domain,
+            SystemTime::now(),
+        )
+    }
+
     fn check_entry_id(&self, entry: &RegistrationEntry) -> Result<(), IdentityError> {
         if entry.spiffe_id.is_member_of(&self.config.trust_domain)
             && !entry.spiffe_id.path().is_empty()

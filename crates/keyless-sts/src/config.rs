@@ -188,6 +188,11 @@ pub struct StsConfig {
     /// Who may obtain which service scopes with the `client_credentials`
     /// grant. Empty by default: nobody may.
     pub service_scopes: Vec<ServiceScopeRule>,
+    /// Client ids of JWT-SVID clients ([`StsConfig::clients`]) allowed to
+    /// attest an actor they authenticated by its X509-SVID (the gateway
+    /// behind the mTLS listener; see `actor.rs`). Empty by default: no
+    /// client may, and such an actor token is refused.
+    pub actor_attesters: Vec<String>,
 }
 
 // === impl StsConfig ===
@@ -229,6 +234,7 @@ impl StsConfig {
             signing_key_lifetime: Duration::from_secs(24 * 3600),
             maintenance_interval: Duration::from_secs(60),
             service_scopes: Vec::new(),
+            actor_attesters: Vec::new(),
             issuer,
         }
     }
@@ -330,6 +336,15 @@ impl StsConfig {
             {
                 return bad(format!(
                     "service scope rule `{prefix}` needs at least one scope, each without spaces"
+                ));
+            }
+        }
+        for id in &self.actor_attesters {
+            // Only a workload of the trust domain, authenticated by its own
+            // SVID, may vouch for another workload's SVID.
+            if !self.clients.iter().any(|c| &c.client_id == id) {
+                return bad(format!(
+                    "actor attester `{id}` is not a registered JWT-SVID client"
                 ));
             }
         }

@@ -1,7 +1,8 @@
 //! OAuth 2.0 Token Exchange (RFC 8693) for on-behalf-of tokens.
 //!
 //! One exchange = subject (a user access token we issued, or an OBO token
-//! we issued, for delegation) + actor (the agent's JWT-SVID) + one target +
+//! we issued, for delegation) + actor (the agent's JWT-SVID, or an
+//! X509-SVID an actor attester vouches for: `actor.rs`) + one target +
 //! `authorization_details`. It is routed by where the subject token came
 //! from, and every check runs every time: an OBO subject never skips the
 //! actor, `may_act`, consent or policy checks; it only adds the rule that
@@ -25,7 +26,7 @@ use serde_json::Value;
 use crate::policy::{DecisionInput, PolicyDecision};
 use crate::rar::{AuthorizationDetail, narrows};
 use crate::service::{AuthenticatedClient, kinds, secs, unix_now};
-use crate::token::{AccessTokenClaims, Actor, StringList, random_id};
+use crate::token::{AccessTokenClaims, StringList, random_id};
 use crate::{Sts, StsError};
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -104,6 +105,8 @@ struct Trail {
     policies: Vec<String>,
     /// The risk level the session's ladder level raised the caller's to.
     risk_level: Option<String>,
+    /// Who vouched for an attested actor (`actor.rs`).
+    attestation: Option<crate::actor::Attestation>,
 }
 
 fn invalid_request(m: impl Into<String>) -> StsError {
@@ -156,6 +159,11 @@ impl Sts {
         }
         if let Some(risk) = trail.risk_level {
             event = event.detail("risk_level", risk);
+        }
+        if let Some(a) = trail.attestation {
+            event = event
+                .detail("actor_attested_by", a.attested_by)
+                .detail("actor_x5t#S256", a.x5t_s256);
         }
         match &result {
             Ok(resp) => {
@@ -214,7 +222,7 @@ impl Sts {
             None => return Err(invalid_request("subject_token_type is required")),
         }
         let actor_token = match (req.actor_token.as_deref(), req.actor_token_type.as_deref()) {
-            (Some(t), Some(TOKEN_TYPE_JWT)) if !t.is_empty() => t,
+            (Some(t), Some(ty)) if !t.is_empty() && crate::actor::supported(ty) => t,
             (Some(_), Some(other)) => {
                 return Err(invalid_request(format!(
                     "unsupported actor_token_type `{other}`: a JWT-SVID is `{TOKEN_TYPE_JWT}`"
@@ -291,17 +299,12 @@ impl Sts {
             }
         }
 
-        // --- actor: a JWT-SVID of our trust domain, for us or the client ---
-        let actor = self
-            .identity
-            .validate_jwt_svid(actor_token, &self.config.issuer)
-            .or_else(|e| match client {
-                Some(c) => self.identity.validate_jwt_svid(actor_token, &c.uri),
-                None => Err(e),
-            })
-            .map_err(|e| invalid_request(format!("actor_token is not valid: {e}")))?;
-        let agent = actor.spiffe_id.as_str().to_owned();
+        // --- actor: a JWT-SVID of our trust domain, for us or the client,
+        // or an X509-SVID an actor attester vouches for (`actor.rs`) ---
+        let actor = self.validate_actor(req.actor_token_type.as_deref(), actor_token, client)?;
+        let agent = actor.spiffe_id.clone();
         trail.agent = Some(agent.clone());
+        trail.attestation = actor.attestation.clone();
         let allowed = subject
             .may_act
             .as_ref()
@@ -492,10 +495,7 @@ impl Sts {
             // Carried so that a further delegation is still bound to the
             // agents the user allowed.
             may_act: subject.may_act.clone(),
-            act: Some(Actor {
-                sub: agent,
-                act: subject.act.clone().map(Box::new),
-            }),
+            act: Some(actor.into_actor(subject.act.clone())),
             authorization_details: Some(granted.clone()),
             cnf: ctx.sender.clone().filter(|c| !c.is_empty()),
             gty: None,

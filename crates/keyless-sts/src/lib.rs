@@ -21,7 +21,11 @@
 //!   verification both share (public keys only, no `none`/`HS*`).
 //! - Token exchange, RFC 8693 (`exchange.rs`): subject = our access token
 //!   (or an OBO token, for delegation: nested `act`, authority only
-//!   narrows, the subject token is spent), actor = a JWT-SVID, `may_act`,
+//!   narrows, the subject token is spent), actor = a JWT-SVID or an
+//!   X509-SVID vouched for by a registered actor attester (`actor.rs`: only
+//!   a JWT-SVID client listed in [`StsConfig::actor_attesters`], the
+//!   certificate validated as a current SVID, and the token's `act` says
+//!   `attested_by` and `x5t#S256`), `may_act`,
 //!   registered resource servers (`invalid_target`), consent, RAR, Cedar,
 //!   OBO mint with a per-tier lifetime; every outcome is an audit event.
 //!   The success event is queued for the audit log's next group commit
@@ -135,6 +139,7 @@
 //! - JWT-SVID actor tokens are not checked for `iss` (SPIFFE does not
 //!   require it; the trust domain of `sub` and our JWT keys are checked).
 
+mod actor;
 mod client_auth;
 mod client_credentials;
 mod config;
@@ -155,6 +160,7 @@ mod service;
 mod signin;
 mod token;
 
+pub use actor::TOKEN_TYPE_ATTESTED_X509_SVID;
 pub use client_auth::{CLIENT_ASSERTION_TYPE_JWT_BEARER, MAX_ASSERTION_LIFETIME};
 pub use client_credentials::{
     ClientCredentialsRequest, GRANT_TYPE_CLIENT_CREDENTIALS, MAX_SERVICE_TOKEN_TTL, ServiceCaller,

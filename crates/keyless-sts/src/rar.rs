@@ -185,6 +185,18 @@ impl RarRegistry {
         self.validate(&items)
     }
 
+    /// What a detail of this shape would be decided as (its type, Cedar
+    /// actions and tier), without checking it against its schema: for
+    /// showing what could be allowed (the gateway's tool listing), never
+    /// for issuance. `None` for an unregistered type.
+    pub fn preview(&self, item: &Value) -> Option<AuthorizationDetail> {
+        let Value::Object(obj) = item else {
+            return None;
+        };
+        let rar_type = self.types.get(obj.get("type")?.as_str()?)?;
+        Some(describe(rar_type, obj, item))
+    }
+
     /// Validates details already parsed from JSON.
     pub fn validate(&self, items: &[Value]) -> Result<Vec<AuthorizationDetail>, StsError> {
         if items.is_empty() {

@@ -80,6 +80,15 @@ pub struct MayAct {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     pub sub: String,
+    /// Set when the actor did not prove itself to the STS but was vouched
+    /// for: the SPIFFE ID of the client (an actor attester, `actor.rs`)
+    /// that authenticated it by its X509-SVID over mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attested_by: Option<String>,
+    /// With `attested_by`: the thumbprint (RFC 8705 `x5t#S256`) of the
+    /// X509-SVID the actor authenticated with.
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Box<Actor>>,
 }

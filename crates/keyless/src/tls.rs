@@ -1,7 +1,8 @@
 //! The optional mTLS listener (`--mtls-listen`): the same router as the
 //! HTTP listener, served over TLS, so that a client holding an X509-SVID
-//! can bind its OBO tokens to its certificate (RFC 8705 `cnf.x5t#S256`) —
-//! and, later, so the gateway can authenticate agents by their SVID.
+//! can bind its OBO tokens to its certificate (RFC 8705 `cnf.x5t#S256`),
+//! log in to the secrets broker with it, and call the gateway's `/mcp` as
+//! the agent it names (no bearer needed).
 //!
 //! - Server certificate: an X509-SVID Keyless mints for itself
 //!   (`spiffe://<td>/keyless/server`) from an in-memory entry — never a

@@ -217,6 +217,12 @@ pub async fn run(args: UpArgs) -> CliResult {
         uri: format!("{public_url}/mcp"),
     });
     sts_config.mtls_base_url = mtls_listener.as_ref().map(|(_, url)| url.clone());
+    // Behind the mTLS listener the gateway lets agents in by their
+    // X509-SVID and vouches for them at the exchange (keyless-sts
+    // `actor.rs`); without that listener it has nothing to attest.
+    if mtls_listener.is_some() {
+        sts_config.actor_attesters.push(GATEWAY_CLIENT_ID.into());
+    }
     // Workloads under `spiffe://<td>/ssf` are SSF receivers: they may get
     // stream management and poll tokens with their JWT-SVID.
     sts_config
@@ -550,7 +556,9 @@ pub async fn run(args: UpArgs) -> CliResult {
         agent_svid.spiffe_id()
     );
     if let Some((_, url)) = &mtls_task {
-        println!("  mTLS:     {url} (client X509-SVIDs, certificate-bound tokens)");
+        println!(
+            "  mTLS:     {url} (client X509-SVIDs: certificate-bound tokens, agents at {url}/mcp)"
+        );
     }
     println!("  admin socket: {}", admin_socket.display());
     println!("  data dir: {}", data_dir.display());
