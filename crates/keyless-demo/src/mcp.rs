@@ -85,7 +85,9 @@ where
 {
     match verifier.authorize(ctx.extensions.get::<Parts>(), rar).await {
         Ok(principal) => {
-            tracing::info!(tool, user = principal.user(), actor = %principal.actor, "tool call authorized");
+            // Every call is in the audit log (`token.consumed`); the process
+            // log keeps refusals.
+            tracing::debug!(tool, user = principal.user(), actor = %principal.actor, "tool call authorized");
             Ok(principal)
         }
         Err(refusal) => {

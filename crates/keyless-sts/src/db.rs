@@ -240,6 +240,22 @@ pub(crate) async fn unexpired_consumed(
         .collect()
 }
 
+/// Revoked access tokens that expire at or after `after_secs`, with that expiry.
+pub(crate) async fn unexpired_revoked(
+    store: &Store,
+    after_secs: i64,
+) -> Result<Vec<(String, i64)>, StsError> {
+    let rows = sqlx::query(
+        "SELECT jti, expires_at FROM sts_access_tokens WHERE revoked_at > 0 AND expires_at >= $1",
+    )
+    .bind(after_secs)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("jti")?, r.try_get("expires_at")?)))
+        .collect()
+}
+
 /// Deletes consumed ids whose token expired before `now_secs` (minus a
 /// margin for clock skew): such a token fails verification anyway.
 pub(crate) async fn purge_consumed(store: &Store, before_secs: i64) -> Result<u64, StsError> {

@@ -537,6 +537,16 @@ impl Sts {
         if generation.is_some_and(|g| self.live.token(&claims.jti, g)) {
             return Ok(true);
         }
+        // An OBO token has no row unless it was revoked, and on SQLite every
+        // revocation is known in memory: no query per consumption.
+        if claims.is_obo()
+            && let Some(revoked) = &self.revoked
+        {
+            return Ok(!revoked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(&claims.jti));
+        }
         let row = sqlx::query(
             "SELECT a.revoked_at AS a_rev, COALESCE(f.revoked_at, 0) AS f_rev \
              FROM sts_access_tokens a LEFT JOIN sts_token_families f ON a.family = f.family \
@@ -705,6 +715,12 @@ impl Sts {
             .bind(now_millis().max(1))
             .execute(self.store.pool())
             .await?;
+            if let Some(revoked) = &self.revoked {
+                revoked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(claims.jti.clone(), claims.exp);
+            }
             self.changed().await;
             self.events
                 .record(

@@ -138,6 +138,11 @@ pub struct Sts {
     /// On-behalf-of tokens spent, when this process owns the store
     /// (SQLite): jti → expiry (Unix s). See [`Sts::consume_token`].
     spent: Option<Mutex<HashMap<String, i64>>>,
+    /// Revoked tokens, when this process owns the store (SQLite): jti →
+    /// expiry (Unix s). Every revocation goes through this process, so an
+    /// OBO token (never tracked in `sts_access_tokens` unless revoked)
+    /// is checked here instead of by a query on every consumption.
+    pub(crate) revoked: Option<Mutex<HashMap<String, i64>>>,
 }
 
 // === impl Sts ===
@@ -197,6 +202,7 @@ impl Sts {
             live: crate::live::LiveCache::new(cache_alone),
             risk_gate: RwLock::new(None),
             spent: cache_alone.then(Mutex::default),
+            revoked: cache_alone.then(Mutex::default),
         });
         sts.reload_keys().await?;
         sts.reload_spent().await?;
@@ -727,7 +733,8 @@ impl Sts {
 
     /// Loads the OBO tokens spent before a restart that may not have
     /// expired yet (SQLite): the single-use rows, and the `token.consumed`
-    /// events of the last [`MAX_OBO_TTL`] (plus a minute of skew).
+    /// events of the last [`MAX_OBO_TTL`] (plus a minute of skew); and the
+    /// revoked tokens not yet expired.
     async fn reload_spent(&self) -> Result<(), StsError> {
         let Some(spent) = &self.spent else {
             return Ok(());
@@ -747,15 +754,22 @@ impl Sts {
         for jti in logged {
             spent.entry(jti).or_insert(now.saturating_add(horizon));
         }
+        drop(spent);
+        if let Some(revoked) = &self.revoked {
+            let rows = db::unexpired_revoked(&self.store, now.saturating_sub(60)).await?;
+            revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(rows);
+        }
         Ok(())
     }
 
     /// Drops consumed ids of tokens that expired more than a minute ago.
     pub async fn purge_consumed(&self) -> Result<u64, StsError> {
         let before = unix_now().saturating_sub(60);
-        if let Some(spent) = &self.spent {
-            spent
-                .lock()
+        for set in [&self.spent, &self.revoked].into_iter().flatten() {
+            set.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .retain(|_, exp| *exp >= before);
         }

@@ -199,3 +199,40 @@ async fn a_token_spent_by_a_delegation_cannot_be_spent_at_its_resource_server() 
         Err(StsError::AlreadyConsumed(_))
     ));
 }
+
+#[tokio::test]
+async fn a_revoked_obo_token_is_refused_before_and_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (revoked, fresh) = {
+        let f = open(tmp.path()).await;
+        f.sts
+            .grant_consent(ALICE, AGENT, &["transfer_funds".into()], &["tools".into()])
+            .await
+            .unwrap();
+        let user = f.user_token().await;
+        let revoked = f.obo(&user, AGENT).await;
+        let fresh = f.obo(&user, AGENT).await;
+        f.sts.revoke_token(&revoked, None).await.unwrap();
+        let err = f
+            .sts
+            .consume_token(&revoked, "bank", None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("revoked"), "{err}");
+        assert_eq!(
+            f.sts.introspect(&revoked).await.unwrap(),
+            json!({"active": false})
+        );
+        f.audit.shutdown().await;
+        (revoked, fresh)
+    };
+    let f = open(tmp.path()).await;
+    let err = f
+        .sts
+        .consume_token(&revoked, "bank", None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    // Revoking one token left the other alone.
+    f.sts.consume_token(&fresh, "bank", None).await.unwrap();
+}

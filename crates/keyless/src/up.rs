@@ -620,9 +620,15 @@ async fn demo_users(sts: &Sts) -> anyhow::Result<Vec<(String, String)>> {
     Ok(logins)
 }
 
+/// What `keyless up` logs unless `KEYLESS_LOG` says otherwise.
+const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,rmcp=warn";
+
 fn init_tracing() {
+    // rmcp logs every stateless request's session start and end at info
+    // (three lines per tool call, each hop): the audit log is the record
+    // of calls, the process log is for what goes wrong.
     let filter = tracing_subscriber::EnvFilter::try_from_env(config::ENV_LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
