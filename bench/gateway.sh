@@ -110,10 +110,11 @@ run() { # LABEL URL BODY HEADERS TOKENS CONNS
 
 : > "$dir/none.headers"
 for c in 2 8; do
-  # Fresh single-use tokens for the direct run. Tier-1 OBO tokens live 60 s,
-  # so no more than the run can use: minting them takes a while too, and an
-  # expired token would count as a failed call.
-  "$py" bench/gateway_prepare.py mint "$base" "$dir" $(( 1500 * secs )) "$dir/tokens"
+  # Fresh single-use tokens for the direct run: more than it can spend at
+  # ~3,000 calls/s (a replayed token counts as a failed call), but not many
+  # more: tier-1 OBO tokens live 60 s, minting takes a while, and an expired
+  # token would count as a failed call too.
+  "$py" bench/gateway_prepare.py mint "$base" "$dir" $(( 3500 * secs )) "$dir/tokens"
   run "direct to the demo upstream (pre-minted OBO token)" "$base/demo/directory/mcp" \
     "$dir/direct.body" "$dir/none.headers" "$dir/tokens" "$c"
   run "through the gateway (full pipeline)" "$base/mcp" "$dir/gateway.body" "$dir/gateway.headers" "" "$c"

@@ -146,9 +146,10 @@ pub(crate) async fn commit_batch_sqlite(
     }
     sql.push_str(");COMMIT;");
 
-    // Only placeholders are interpolated, never data. Not kept prepared:
-    // every batch size is another statement.
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    // Only placeholders are interpolated, never data. Kept prepared: under
+    // a steady load a few batch shapes recur; sqlx's statement cache is a
+    // bounded LRU, so rare shapes age out.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (k, (leaf, root, event)) in rows.iter().enumerate() {
         q = q
             .bind(to_i64(first + k as u64)?)
