@@ -172,14 +172,48 @@ struct Shared {
     failing: std::sync::atomic::AtomicBool,
     /// Token ids (with their event kind) of recently committed batches:
     /// `wait_jti` answers from here without a query. Bounded.
-    recent_jtis: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    recent_jtis: std::sync::Mutex<RecentJtis>,
     /// Bumped after every batch this process commits (or fails to), to
     /// wake `wait_jti` at once instead of at its next poll.
     commits: tokio::sync::watch::Sender<u64>,
 }
 
-/// Most token ids `recent_jtis` holds before it starts over.
-const RECENT_JTIS: usize = 100_000;
+/// Token ids per generation of `recent_jtis`: the last 200,000 to 400,000
+/// committed are always known (16 bytes each).
+const RECENT_JTIS: usize = 200_000;
+
+/// Token ids (with their event kind) of recently committed batches, as
+/// 128-bit digests in two generations: when the current one is full it
+/// becomes the previous one, so the newest ids are never forgotten at once.
+#[derive(Default)]
+struct RecentJtis {
+    current: std::collections::HashSet<[u8; 16]>,
+    previous: std::collections::HashSet<[u8; 16]>,
+}
+
+impl RecentJtis {
+    fn key(jti: &str, kind: &str) -> [u8; 16] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(kind.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(jti.as_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(ctx.finish().as_ref().get(..16).unwrap_or(&[0u8; 16]));
+        out
+    }
+
+    fn contains(&self, jti: &str, kind: &str) -> bool {
+        let k = Self::key(jti, kind);
+        self.current.contains(&k) || self.previous.contains(&k)
+    }
+
+    fn insert(&mut self, jti: &str, kind: &str) {
+        if self.current.len() >= RECENT_JTIS {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(Self::key(jti, kind));
+    }
+}
 
 /// While waiting for a token id, the store is also polled this often
 /// (another replica's commit wakes nothing here).
@@ -226,7 +260,7 @@ impl AuditLog {
             signer: RwLock::new(signer),
             checkpoint_lock: tokio::sync::Mutex::new(()),
             failing: std::sync::atomic::AtomicBool::new(false),
-            recent_jtis: std::sync::Mutex::new(std::collections::HashSet::new()),
+            recent_jtis: std::sync::Mutex::new(RecentJtis::default()),
             commits: tokio::sync::watch::channel(0).0,
         });
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -519,19 +553,16 @@ impl Shared {
     fn recently_committed(&self, jti: &str, kind: &str) -> bool {
         self.recent_jtis
             .lock()
-            .map(|s| s.contains(&(jti.to_owned(), kind.to_owned())))
+            .map(|s| s.contains(jti, kind))
             .unwrap_or(false)
     }
 
     /// Remembers the token ids of a committed batch and wakes waiters.
     fn committed(&self, batch: &[Pending]) {
         if let Ok(mut recent) = self.recent_jtis.lock() {
-            if recent.len() >= RECENT_JTIS {
-                recent.clear();
-            }
             for p in batch {
                 if let Some(jti) = p.event.detail.get("jti").and_then(|v| v.as_str()) {
-                    recent.insert((jti.to_owned(), p.event.kind.clone()));
+                    recent.insert(jti, &p.event.kind);
                 }
             }
         }

@@ -749,12 +749,13 @@ impl Sts {
                 now.saturating_sub(horizon).saturating_mul(1000),
             )
             .await?;
-        let mut spent = spent.lock().unwrap_or_else(PoisonError::into_inner);
-        spent.extend(rows);
-        for jti in logged {
-            spent.entry(jti).or_insert(now.saturating_add(horizon));
+        {
+            let mut spent = spent.lock().unwrap_or_else(PoisonError::into_inner);
+            spent.extend(rows);
+            for jti in logged {
+                spent.entry(jti).or_insert(now.saturating_add(horizon));
+            }
         }
-        drop(spent);
         if let Some(revoked) = &self.revoked {
             let rows = db::unexpired_revoked(&self.store, now.saturating_sub(60)).await?;
             revoked

@@ -41,6 +41,10 @@ impl From<anyhow::Error> for CliError {
 
 pub type CliResult<T = ()> = Result<T, CliError>;
 
+/// See the `mimalloc` dependency in Cargo.toml for why.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
