@@ -106,7 +106,7 @@
 //!   authentication (holding the token is the proof).
 //! - A user access token's `may_act` is fixed at issuance: a consent
 //!   granted later appears after the next refresh (a revoked consent bites
-//!   at once: the exchange reads consents from the store every time).
+//!   at once: a revocation bumps the cache generation before it returns).
 //! - Introspection answers `active: true` for an OBO token whose issuance
 //!   event is still in the audit log's queue (consumption waits for it).
 //! - Confidential clients of the code flow; `private_key_jwt` and DPoP
