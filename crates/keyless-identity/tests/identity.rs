@@ -308,9 +308,20 @@ async fn an_entry_matches_when_all_its_selectors_are_presented() {
             .collect::<Vec<_>>()
     };
     assert_eq!(ids(&["unix:uid:1000"]), vec![by_uid.id.clone()]);
+    // List order is creation time, then id: two entries created in the same
+    // millisecond are ordered by their (random) ids.
+    let list_order: Vec<String> = f
+        .identity
+        .list_entries()
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .filter(|id| *id == by_uid.id || *id == by_uid_and_path.id)
+        .collect();
+    assert_eq!(list_order.len(), 2);
     assert_eq!(
         ids(&["unix:gid:0", "unix:path:/bin/agent", "unix:uid:1000"]),
-        vec![by_uid.id.clone(), by_uid_and_path.id.clone()],
+        list_order,
         "extra caller facts are fine; order is list order"
     );
     assert!(ids(&["unix:path:/bin/agent"]).is_empty());
